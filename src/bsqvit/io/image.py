@@ -1,0 +1,127 @@
+"""Images as ``(3, H, W)`` float32 tensors in [-1, 1], read and written with Pillow.
+
+Conversion rules of :func:`load_image` (every Pillow-readable format):
+
+* EXIF orientation is applied first (``PIL.ImageOps.exif_transpose``), so the tensor is the
+  image as a viewer shows it.
+* Transparency (RGBA, LA, PA, La/RGBa, and P/L/RGB with a ``transparency`` entry) is
+  **composited onto a white background** (``rgb * a + 1 * (1 - a)``, in float, no extra
+  rounding): what a viewer shows on a white page, and no black fringes from dropped alpha.
+* 16-bit grayscale (``I;16*``) keeps its precision: ``value / 65535``. Pillow's 32-bit
+  integer mode ``I`` is treated the same way (clipped to 0..65535). Float mode ``F`` follows
+  Pillow's own convention (0..255 scale, clipped). Grayscale is replicated to 3 channels.
+* Everything else (1, L, P, CMYK, YCbCr, LAB, HSV, RGBX, ...) goes through Pillow's
+  ``convert("RGB")``. Embedded ICC profiles are not applied (CMYK conversion is Pillow's naive one).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from . import InputError, atomic_path, one_line
+
+# Suffixes Pillow can write that we accept for outputs (input formats: anything Pillow reads).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pnm", ".tga", ".gif")
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+
+
+# ---- uint8 <-> [-1, 1] --------------------------------------------------------------------------
+def to_uint8(t: torch.Tensor) -> np.ndarray:
+    """[-1, 1] tensor, channels first -> uint8 array, channels last (clamped, ``round()``-ed).
+
+    ``(3, H, W) -> (H, W, 3)`` and ``(3, T, H, W) -> (T, H, W, 3)``.
+    """
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(t)
+    if t.ndim not in (3, 4) or t.shape[0] != 3:
+        raise ValueError(f"expected (3,H,W) or (3,T,H,W), got shape {tuple(t.shape)}")
+    u = ((t.detach().to("cpu", torch.float32).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return u.movedim(0, -1).contiguous().numpy()
+
+
+def from_uint8(a: np.ndarray) -> torch.Tensor:
+    """uint8 array, channels last -> float32 tensor in [-1, 1], channels first.
+
+    ``(H, W, 3) -> (3, H, W)`` and ``(T, H, W, 3) -> (3, T, H, W)``. Exact inverse of
+    :func:`to_uint8` on uint8 data.
+    """
+    a = np.asarray(a)
+    if a.ndim not in (3, 4) or a.shape[-1] != 3:
+        raise ValueError(f"expected (H,W,3) or (T,H,W,3), got shape {a.shape}")
+    if a.dtype != np.uint8:
+        raise ValueError(f"expected uint8, got {a.dtype}")
+    t = torch.from_numpy(np.ascontiguousarray(a)).movedim(-1, 0).to(torch.float32)
+    return (t / 127.5 - 1).contiguous()
+
+
+# ---- reading ------------------------------------------------------------------------------------
+def _to_rgb01(img: Image.Image) -> np.ndarray:
+    """Any Pillow image -> float32 (H, W, 3) in [0, 1] (rules in the module docstring)."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT or mode == "I":
+        a = np.asarray(img).astype(np.float32)
+        a = np.clip(a, 0, 65535) / 65535.0
+        return np.repeat(a[..., None], 3, axis=-1)
+    if mode == "F":
+        a = np.clip(np.asarray(img, dtype=np.float32), 0, 255) / 255.0
+        return np.repeat(a[..., None], 3, axis=-1)
+    if mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+        alpha = rgba[..., 3:4]
+        return rgba[..., :3] * alpha + (1.0 - alpha)  # composite on white
+    if mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """Read an image file -> float32 tensor (3, H, W) in [-1, 1]. Raises :class:`InputError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            rgb = _to_rgb01(img)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
+        reason = "not a recognised image format" if isinstance(e, UnidentifiedImageError) else one_line(e)
+        raise InputError(f"{path}: cannot read image ({reason})") from None
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise InputError(f"{path}: empty image")
+    t = torch.from_numpy(np.ascontiguousarray(rgb)).movedim(-1, 0)
+    return (t * 2 - 1).clamp(-1, 1).contiguous()
+
+
+# ---- writing ------------------------------------------------------------------------------------
+def image_format(path: str | os.PathLike) -> str:
+    """Pillow format name from the suffix: PNG when there is none; unknown suffixes are errors."""
+    suffix = Path(path).suffix.lower()
+    if not suffix:
+        return "PNG"
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        raise InputError(f"{path}: cannot write images with suffix {suffix!r}")
+    return fmt
+
+
+def save_image(t: torch.Tensor, path: str | os.PathLike, quality: int = 95) -> None:
+    """Write a (3, H, W) tensor in [-1, 1] to ``path`` atomically (values ``round()``-ed to uint8).
+
+    The format follows the suffix (PNG if there is none); ``quality`` is used by JPEG/WebP.
+    """
+    fmt = image_format(path)
+    a = to_uint8(t)
+    if a.ndim != 3:
+        raise ValueError(f"save_image expects one image (3,H,W), got shape {tuple(t.shape)}")
+    img = Image.fromarray(a)
+    kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    with atomic_path(path) as tmp:
+        img.save(tmp, format=fmt, **kwargs)

@@ -1,0 +1,330 @@
+"""BSQ-ViT: ViT encoder -> Linear to L -> quantizer -> Linear -> ViT decoder -> per-patch head."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from torch import Tensor
+
+from ..config import from_dict, to_dict
+from ..quantizers import QuantizerConfig, QuantizerOutput, build_quantizer
+from .transformer import MASK_TYPES, ViT, attention_mask, count_flops_per_token, init_linear, patchify, unpatchify
+
+
+@dataclass
+class BSQViTConfig:
+    """Architecture of a BSQ-ViT tokenizer.
+
+    ``image_size`` is the training resolution (the grid of the learned spatial embeddings);
+    other sizes work through interpolated embeddings. ``num_frames`` is the maximum T for video
+    (learned temporal embeddings); 1 builds an image-only model. ``mask_block_size`` is in frames.
+    """
+
+    image_size: list[int] = field(default_factory=lambda: [128, 128])
+    patch_size: int = 8
+    num_frames: int = 1
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    decoder_width: int | None = None  # default: width
+    decoder_layers: int | None = None  # default: layers
+    decoder_heads: int | None = None  # default: heads
+    head_dim: int | None = None  # hidden width of the Linear-Tanh-Linear head; default 4 * decoder width
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    mask_type: str = "none"  # none | full | block-causal | causal (temporal attention)
+    mask_block_size: int = 1  # frames per causal block
+    pad_mode: str = "replicate"  # how inputs are padded to a multiple of the patch size
+    grad_checkpointing: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.image_size, int):
+            self.image_size = [self.image_size, self.image_size]
+        self.image_size = list(self.image_size)
+        if len(self.image_size) != 2:
+            raise ValueError(f"image_size must be one int or [H, W], got {self.image_size}")
+        if self.patch_size < 1 or any(s % self.patch_size for s in self.image_size):
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        if self.mask_type not in MASK_TYPES:
+            raise ValueError(f"mask_type must be one of {MASK_TYPES}, got {self.mask_type!r}")
+        if self.pad_mode not in ("replicate", "reflect", "constant"):
+            raise ValueError(f"pad_mode must be replicate, reflect or constant, got {self.pad_mode!r}")
+        if self.num_frames < 1:
+            raise ValueError("num_frames must be >= 1")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size)
+
+    @property
+    def dec_width(self) -> int:
+        return self.decoder_width or self.width
+
+
+@dataclass
+class BSQViTOutput:
+    reconstruction: Tensor  # same shape as the input, clamped to [-1, 1]
+    quant: QuantizerOutput  # quantizer output (loss terms, indices, diagnostics)
+    indices: Tensor  # (B, h, w) or (B, T, h, w)
+
+    @property
+    def quant_loss(self) -> Tensor:
+        return self.quant.loss
+
+
+class Encoder(ViT):
+    def __init__(self, cfg: BSQViTConfig):
+        super().__init__(cfg.width, cfg.layers, cfg.heads, cfg.grid, cfg.num_frames, cfg.mlp_ratio, cfg.grad_checkpointing)
+        self.patch_embed = nn.Linear(3 * cfg.patch_size**2, cfg.width, bias=False)
+        nn.init.trunc_normal_(self.patch_embed.weight, std=0.02)
+
+
+class Decoder(ViT):
+    def __init__(self, cfg: BSQViTConfig):
+        w = cfg.dec_width
+        super().__init__(
+            w,
+            cfg.decoder_layers or cfg.layers,
+            cfg.decoder_heads or cfg.heads,
+            cfg.grid,
+            cfg.num_frames,
+            cfg.mlp_ratio,
+            cfg.grad_checkpointing,
+        )
+        hidden = cfg.head_dim or 4 * w
+        self.head = nn.Sequential()
+        self.head.add_module("fc", nn.Linear(w, hidden))
+        self.head.add_module("act", nn.Tanh())
+        self.head.add_module("proj", nn.Linear(hidden, 3 * cfg.patch_size**2))
+        init_linear(self.head.fc)
+        init_linear(self.head.proj)
+
+
+class BSQViT(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="bsqvit",
+    tags=["image-tokenizer", "video-tokenizer", "bsq"],
+    repo_url="https://github.com/bsqvit/bsqvit",
+):
+    """The BSQ-ViT tokenizer. Inputs are in [-1, 1]: images (B,3,H,W), videos (B,3,T,H,W).
+
+    >>> model = BSQViT.from_preset("tiny")
+    >>> idx = model.encode(torch.rand(1, 3, 70, 90) * 2 - 1)   # (1, 9, 12) int64
+    >>> x = model.decode(idx, size=(70, 90))                   # (1, 3, 70, 90)
+    """
+
+    def __init__(self, config: BSQViTConfig | dict | None = None, **overrides):
+        super().__init__()
+        if config is None:
+            config = BSQViTConfig()
+        if isinstance(config, dict):
+            config = from_dict(BSQViTConfig, config)
+        if overrides:
+            config = from_dict(BSQViTConfig, {**to_dict(config), **overrides})
+        self.config = config
+        self._hub_mixin_config = to_dict(config)
+        L = config.quantizer.dim
+        self.encoder = Encoder(config)
+        self.quant_embed = nn.Linear(config.width, L)
+        self.quantizer = build_quantizer(config.quantizer)
+        self.post_quant_embed = nn.Linear(L, config.dec_width)
+        self.decoder = Decoder(config)
+        init_linear(self.quant_embed)
+        init_linear(self.post_quant_embed)
+
+    # ---- construction helpers ---------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "BSQViT":
+        from .presets import get_preset
+
+        return cls(get_preset(name, **overrides))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *, map_location="cpu", strict: bool = True,
+                        **hub_kwargs) -> "BSQViT":
+        """Load ``config.json`` + ``model.safetensors`` from a directory (offline) or a Hub repo id.
+
+        Replaces the mixin's loader: the config is parsed strictly (unknown keys are errors) and
+        missing or mismatched tensors raise :class:`ModelLoadError`.
+        """
+        from .io import load_pretrained
+
+        return load_pretrained(cls, pretrained_model_name_or_path, map_location=map_location, strict=strict,
+                               **hub_kwargs)
+
+    @classmethod
+    def from_official(cls, checkpoint_path, config_path=None, use_ema: bool = True) -> "BSQViT":
+        """Load a checkpoint released with the reference implementation (see ``models/official.py``)."""
+        from .official import load_official
+
+        return load_official(cls, checkpoint_path, config_path=config_path, use_ema=use_ema)
+
+    # config fields that do not change what the weights compute
+    _HASH_IGNORED = ("grad_checkpointing",)
+
+    def weights_hash(self) -> str:
+        """SHA-256 over the architecture and the tensors: identifies the exact weights.
+
+        Used by ``tokenize``/``compress`` to refuse tokens made by other weights. Computed once
+        and cached against the parameters' versions, so it is recomputed after any update.
+        """
+        versions = tuple(p._version for p in self.parameters())
+        cached = getattr(self, "_weights_hash_cache", None)
+        if cached is not None and cached[0] == versions:
+            return cached[1]
+        arch = {k: v for k, v in to_dict(self.config).items() if k not in self._HASH_IGNORED}
+        h = hashlib.sha256(json.dumps(arch, sort_keys=True).encode())
+        for name, t in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        digest = h.hexdigest()
+        self._weights_hash_cache = (versions, digest)
+        return digest
+
+    # ---- shapes -----------------------------------------------------------------------------
+    @property
+    def patch_size(self) -> int:
+        return self.config.patch_size
+
+    @property
+    def bits_per_token(self) -> float:
+        return self.quantizer.bits
+
+    def _to_video(self, x: Tensor) -> tuple[Tensor, bool]:
+        if x.ndim == 4:
+            return x.unsqueeze(2), False
+        if x.ndim == 5:
+            return x, True
+        raise ValueError(f"expected (B,3,H,W) or (B,3,T,H,W), got shape {tuple(x.shape)}")
+
+    def _pad(self, x: Tensor) -> Tensor:
+        p = self.patch_size
+        H, W = x.shape[-2:]
+        ph, pw = (-H) % p, (-W) % p
+        if ph == 0 and pw == 0:
+            return x
+        B, C, T = x.shape[:3]
+        flat = x.reshape(B, C * T, H, W)
+        mode = self.config.pad_mode
+        if mode == "reflect" and (ph >= H or pw >= W):
+            mode = "replicate"
+        flat = F.pad(flat, (0, pw, 0, ph), mode=mode)
+        return flat.reshape(B, C, T, H + ph, W + pw)
+
+    def _mask(self, thw: tuple[int, int, int], device) -> Tensor | None:
+        T, h, w = thw
+        if T == 1 and self.config.mask_type == "block-causal":
+            return None  # one frame is one block: nothing to mask
+        return attention_mask(self.config.mask_type, T, h * w, self.config.mask_block_size, device)
+
+    def _amp(self, x: Tensor, amp: bool):
+        return torch.autocast(device_type=x.device.type, dtype=torch.bfloat16) if amp else nullcontext()
+
+    # ---- encoder ----------------------------------------------------------------------------
+    def encode_continuous(self, x: Tensor, amp: bool = False) -> tuple[Tensor, tuple[int, int, int]]:
+        """Pre-quantization features (B, T*h*w, L) and the token grid (T, h, w)."""
+        x5, _ = self._to_video(x)
+        if x5.shape[1] != 3:
+            raise ValueError(f"expected 3 channels, got {x5.shape[1]}")
+        x5 = self._pad(x5)
+        with self._amp(x5, amp):
+            tokens, thw = patchify(x5, self.patch_size)
+            h = self.encoder.patch_embed(tokens)
+            h = self.encoder(h, thw[0], thw[1:], self._mask(thw, x.device))
+            z = self.quant_embed(h)
+        return z.float(), thw
+
+    def quantize(self, z: Tensor) -> QuantizerOutput:
+        return self.quantizer(z)
+
+    @torch.no_grad()
+    def encode(self, x: Tensor, amp: bool = False) -> Tensor:
+        """int64 token indices: (B, h, w) for images, (B, T, h, w) for videos."""
+        z, (T, h, w) = self.encode_continuous(x, amp=amp)
+        q = self.quantizer
+        if hasattr(q, "project"):  # binary quantizers: no need for the entropy terms
+            idx = q.codes_to_indices(q.project(z))
+        else:
+            idx = q(z).indices
+        idx = idx.reshape(x.shape[0], T, h, w)
+        return idx if x.ndim == 5 else idx[:, 0]
+
+    # ---- decoder ----------------------------------------------------------------------------
+    def decode_codes(self, zq: Tensor, thw: tuple[int, int, int], amp: bool = False) -> Tensor:
+        """Quantized vectors (B, T*h*w, L) -> pixels (B, 3, T, h*p, w*p), unclamped."""
+        with self._amp(zq, amp):
+            h = self.post_quant_embed(zq)
+            h = self.decoder(h, thw[0], thw[1:], self._mask(thw, zq.device))
+            out = self.decoder.head(h)
+        return unpatchify(out.float(), self.patch_size, thw)
+
+    @torch.no_grad()
+    def decode(self, indices: Tensor, size: tuple[int, int] | None = None, amp: bool = False) -> Tensor:
+        """Token indices -> pixels in [-1, 1], cropped to ``size`` (H, W) if given."""
+        if indices.ndim not in (3, 4):
+            raise ValueError(f"expected indices (B,h,w) or (B,T,h,w), got shape {tuple(indices.shape)}")
+        video = indices.ndim == 4
+        idx = indices if video else indices.unsqueeze(1)
+        B, T, h, w = idx.shape
+        zq = self.quantizer.indices_to_codes(idx.reshape(B, T * h * w).to(self.quant_embed.weight.device))
+        x = self.decode_codes(zq.to(self.post_quant_embed.weight.dtype), (T, h, w), amp=amp)
+        if size is not None:
+            H, W = size
+            if H > h * self.patch_size or W > w * self.patch_size:
+                raise ValueError(f"size {size} is larger than the token grid {h}x{w} x patch {self.patch_size}")
+            x = x[..., :H, :W]
+        x = x.clamp(-1, 1)
+        return x if video else x[:, :, 0]
+
+    # ---- training forward -------------------------------------------------------------------
+    def forward(self, x: Tensor, amp: bool = False) -> BSQViTOutput:
+        """Encode, quantize, decode. Returns the clamped reconstruction and the quantizer terms."""
+        x5, video = self._to_video(x)
+        H, W = x5.shape[-2:]
+        z, thw = self.encode_continuous(x5, amp=amp)
+        q = self.quantizer(z)
+        rec = self.decode_codes(q.quantized, thw, amp=amp)[..., :H, :W].clamp(-1, 1)
+        idx = q.indices.reshape(x.shape[0], *thw)
+        if not video:
+            rec, idx = rec[:, :, 0], idx[:, 0]
+        return BSQViTOutput(reconstruction=rec, quant=q, indices=idx)
+
+    def last_layer(self) -> Tensor:
+        """Weight of the last decoder layer (for the adaptive GAN weight)."""
+        return self.decoder.head.proj.weight
+
+    # ---- accounting -------------------------------------------------------------------------
+    def flops(self, height: int, width: int, frames: int = 1) -> dict[str, float]:
+        """Forward FLOPs (2 x multiply-adds) of encode and decode for one item."""
+        cfg = self.config
+        p = cfg.patch_size
+        n = frames * math.ceil(height / p) * math.ceil(width / p)
+        L = cfg.quantizer.dim
+        enc = n * (2 * 3 * p * p * cfg.width + count_flops_per_token(cfg.width, cfg.layers, n, cfg.mlp_ratio) + 2 * cfg.width * L)
+        dw = cfg.dec_width
+        hidden = cfg.head_dim or 4 * dw
+        dec = n * (
+            2 * L * dw
+            + count_flops_per_token(dw, cfg.decoder_layers or cfg.layers, n, cfg.mlp_ratio)
+            + 2 * dw * hidden
+            + 2 * hidden * 3 * p * p
+        )
+        return {"encode": float(enc), "decode": float(dec), "total": float(enc + dec)}
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def save_config_json(model: BSQViT, path: Path) -> None:
+    path.write_text(json.dumps(to_dict(model.config), indent=2, sort_keys=True))

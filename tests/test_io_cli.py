@@ -1,0 +1,404 @@
+"""bsqvit.io (images/videos as tensors) and the bsqvit command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bsqvit import BSQViT
+from bsqvit.cli import main
+from bsqvit.io import (
+    InputError,
+    VideoWriter,
+    from_uint8,
+    is_video_path,
+    iter_video_frames,
+    load_image,
+    read_video,
+    save_image,
+    to_uint8,
+    video_info,
+    write_video,
+    write_video_lossless,
+)
+
+DATA = Path("/work/shared/data")
+KODAK = DATA / "kodak" / "kodim01.png"
+RAW_H264 = DATA / "video" / "openh264_MR1_BT_A.h264"
+MP4 = DATA / "video" / "imageio_realshort.mp4"
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+needs_data = pytest.mark.skipif(not KODAK.is_file() or not RAW_H264.is_file(), reason="shared data not available")
+
+
+def leftovers(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if ".tmp" in p.name)
+
+
+# ---- images -------------------------------------------------------------------------------------
+def test_exif_orientation_is_applied(tmp_path):
+    a = np.zeros((20, 40, 3), np.uint8)  # H=20, W=40 as stored
+    a[:, :20] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    p = tmp_path / "rot.jpg"
+    Image.fromarray(a).save(p, exif=exif, quality=95)
+    x = load_image(p)
+    assert x.shape == (3, 40, 20)  # transposed
+    # after a 90 degree CW rotation the stored left half becomes the top half
+    assert x[:, :15].mean() > 0.8 and x[:, 25:].mean() < -0.8
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "P+transparency", "L", "1", "CMYK", "I;16"])
+def test_modes_convert_to_three_channels(tmp_path, mode):
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (12, 17, 3), dtype=np.uint8))
+    if mode == "I;16":
+        img = Image.fromarray((rng.integers(0, 65536, (12, 17))).astype(np.uint16))
+        assert img.mode == "I;16"
+    elif mode == "P+transparency":  # palette with a transparent entry (PNG tRNS): opens as P + info
+        img = rgb.convert("P")
+        img.info["transparency"] = 0
+    else:
+        img = rgb.convert(mode)
+    suffix = ".tif" if mode == "CMYK" else ".png"
+    p = tmp_path / f"img{suffix}"
+    img.save(p)
+    if mode == "P+transparency":
+        assert "transparency" in Image.open(p).info
+    x = load_image(p)
+    assert x.shape == (3, 12, 17) and x.dtype == torch.float32
+    assert x.min() >= -1 and x.max() <= 1
+    if mode in ("L", "1", "I;16"):
+        assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+    if mode == "I;16":  # 16-bit precision kept
+        ref = torch.from_numpy(np.asarray(img).astype(np.float32) / 65535 * 2 - 1)
+        assert torch.allclose(x[0], ref, atol=1e-6)
+
+
+def test_alpha_is_composited_on_white(tmp_path):
+    a = np.zeros((4, 4, 4), np.uint8)
+    a[..., 0] = 255  # red
+    a[:2, :, 3] = 0  # top half fully transparent
+    a[2:, :, 3] = 255  # bottom half opaque
+    p = tmp_path / "a.png"
+    Image.fromarray(a).save(p)
+    x = load_image(p)
+    assert torch.allclose(x[:, :2], torch.ones(3, 2, 4))  # white
+    assert torch.allclose(x[:, 2:], torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1).expand(3, 2, 4))
+
+
+def test_uint8_round_trip_exact(tmp_path):
+    a = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    a = np.stack([a, a[::-1], a.T], -1)
+    t = from_uint8(a)
+    assert t.shape == (3, 16, 16) and t.min() == -1 and t.max() == 1
+    assert np.array_equal(to_uint8(t), a)
+    v = np.stack([a, a[:, ::-1]])
+    assert from_uint8(v).shape == (3, 2, 16, 16) and np.array_equal(to_uint8(from_uint8(v)), v)
+    # PNG save/load round trip is exact too
+    p = tmp_path / "u.png"
+    save_image(t, p)
+    assert np.array_equal(np.asarray(Image.open(p)), a)
+    assert torch.equal(load_image(p), t)
+    assert leftovers(tmp_path) == []
+
+
+def test_save_image_rounds_and_checks(tmp_path):
+    t = torch.full((3, 2, 2), 0.001)  # 127.6275 -> 128
+    save_image(t, tmp_path / "r.png")
+    assert np.asarray(Image.open(tmp_path / "r.png")).max() == 128
+    save_image(t, tmp_path / "noext")  # no suffix: PNG
+    assert Image.open(tmp_path / "noext").format == "PNG"
+    with pytest.raises(InputError, match="does not exist"):
+        save_image(t, tmp_path / "missing" / "x.png")
+    with pytest.raises(InputError, match="suffix"):
+        save_image(t, tmp_path / "x.notaformat")
+    assert leftovers(tmp_path) == []
+
+
+def test_load_image_errors_name_the_file(tmp_path):
+    with pytest.raises(InputError, match="nope.png") as e:
+        load_image(tmp_path / "nope.png")
+    assert "\n" not in str(e.value) and isinstance(e.value, ValueError)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(KODAK.read_bytes()[:300] if KODAK.is_file() else b"\x89PNG\r\n\x1a\nxxxx")
+    with pytest.raises(InputError, match="bad.png"):
+        load_image(bad)
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"hello")
+    with pytest.raises(InputError, match="junk.jpg"):
+        load_image(junk)
+
+
+# ---- videos -------------------------------------------------------------------------------------
+def test_is_video_path():
+    for s in ("a.mp4", "b.AVI", "c.mkv", "d.mov", "e.webm", "f.264", "g.h264", "h.jsv", "i.265", "j.hevc"):
+        assert is_video_path(s), s
+    for s in ("a.png", "b.jpg", "c.npz", "noext"):
+        assert not is_video_path(s), s
+
+
+@needs_data
+def test_read_raw_h264_stream():
+    v, fps = read_video(RAW_H264)
+    assert v.shape == (3, 62, 144, 176) and v.dtype == torch.float32
+    assert fps == 25.0
+    assert -1 <= v.min() and v.max() <= 1 and v.std() > 0.1
+    info = video_info(RAW_H264)
+    assert (info["width"], info["height"], info["fps"]) == (176, 144, 25.0)
+    # lazy iteration gives the same frames
+    frames = list(iter_video_frames(RAW_H264, start=3, stride=5, max_frames=4))
+    assert len(frames) == 4 and frames[0].shape == (144, 176, 3) and frames[0].dtype == np.uint8
+    assert np.array_equal(frames[1], to_uint8(v[:, 8]))
+
+
+@needs_data
+def test_read_mp4_with_selection():
+    v, fps = read_video(MP4)
+    assert v.shape == (3, 36, 240, 320)
+    assert abs(fps - 45000 / 1499) < 1e-6
+    s, fps2 = read_video(MP4, max_frames=5, start=2, stride=3)
+    assert s.shape == (3, 5, 240, 320) and abs(fps2 - fps / 3) < 1e-9
+    assert torch.equal(s[:, 1], v[:, 5])
+
+
+def test_read_video_errors(tmp_path):
+    with pytest.raises(InputError, match="missing.mp4"):
+        read_video(tmp_path / "missing.mp4")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00" * 1000)
+    with pytest.raises(InputError, match="junk.mp4"):
+        read_video(junk)
+
+
+def _smooth_video(T=6, H=38, W=50):
+    y, x = torch.meshgrid(torch.linspace(-1, 1, H), torch.linspace(-1, 1, W), indexing="ij")
+    frames = [torch.stack([x * 0.8, y * 0.8, (x + y).clamp(-1, 1) * 0.5 + 0.1 * t / T]) for t in range(T)]
+    return torch.stack(frames, 1)  # (3, T, H, W)
+
+
+def test_write_then_read_video(tmp_path):
+    v = _smooth_video()
+    write_video(v, tmp_path / "v.mp4", fps=12)
+    r, fps = read_video(tmp_path / "v.mp4")
+    assert r.shape == v.shape and fps == 12
+    assert (r - v).abs().mean() < 0.02  # lossy but close
+    # lossless: exact after uint8 quantisation, odd sizes fine
+    v_odd = _smooth_video(T=3, H=37, W=51)
+    write_video_lossless(v_odd, tmp_path / "l.mp4", fps=30000 / 1001)
+    r, fps = read_video(tmp_path / "l.mp4")
+    assert np.array_equal(to_uint8(r), to_uint8(v_odd)) and abs(fps - 30000 / 1001) < 1e-6
+    # yuv420p needs even sizes: pad (default) or crop
+    write_video(v_odd, tmp_path / "p.mp4", fps=25)
+    assert read_video(tmp_path / "p.mp4")[0].shape == (3, 3, 38, 52)
+    write_video(v_odd, tmp_path / "c.mp4", fps=25, odd_size="crop")
+    assert read_video(tmp_path / "c.mp4")[0].shape == (3, 3, 36, 50)
+    assert leftovers(tmp_path) == []
+
+
+def test_video_writer_is_atomic(tmp_path):
+    out = tmp_path / "w.mp4"
+    with pytest.raises(RuntimeError):
+        with VideoWriter(out, fps=25) as w:
+            w.write(_smooth_video(T=2))
+            raise RuntimeError("boom")
+    assert not out.exists() and leftovers(tmp_path) == []
+    with pytest.raises(InputError):
+        VideoWriter(tmp_path / "x.gif", fps=25)
+    with pytest.raises(InputError, match="does not exist"):
+        VideoWriter(tmp_path / "nodir" / "x.mp4", fps=25)
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    BSQViT.from_preset("tiny").save_pretrained(d / "tiny")
+    torch.manual_seed(1)
+    BSQViT.from_preset("tiny", num_frames=3, mask_type="block-causal").save_pretrained(d / "tiny-video")
+    torch.manual_seed(2)
+    BSQViT.from_preset("tiny").save_pretrained(d / "other")
+    return d
+
+
+@pytest.fixture(scope="module")
+def crop(tmp_path_factory):
+    d = tmp_path_factory.mktemp("img")
+    p = d / "crop.png"
+    if KODAK.is_file():
+        Image.open(KODAK).crop((200, 100, 300, 170)).save(p)  # 100 x 70, not a multiple of 8
+    else:
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 100, 3), dtype=np.uint8)).save(p)
+    return p
+
+
+def run_cli(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_clean_error(rc, err, out_path: Path | None = None):
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bsqvit: error: "), err
+    assert "Traceback" not in err
+    if out_path is not None:
+        assert not out_path.exists()
+        assert leftovers(out_path.parent) == []
+
+
+def test_cli_image_reconstruct_and_token_round_trip(tmp_path, capsys, models, crop):
+    m = models / "tiny"
+    rc, out, _ = run_cli(capsys, "reconstruct", crop, tmp_path / "rec.png", "--model", m, "--threads", 2)
+    assert rc == 0
+    assert "PSNR" in out and "bpp raw" in out and len(out.strip().splitlines()) == 1
+    assert f"{18 * 9 * 13 / 7000:.4f} bpp" in out  # L * tokens / pixels: ceil(70/8) x ceil(100/8) tokens
+    rec = Image.open(tmp_path / "rec.png")
+    assert rec.size == (100, 70) and rec.mode == "RGB"
+
+    rc, _, _ = run_cli(capsys, "tokenize", crop, tmp_path / "t.npz", "--model", m)
+    assert rc == 0
+    z = np.load(tmp_path / "t.npz")
+    assert z["indices"].dtype == np.int64 and z["indices"].shape == (9, 13)
+    assert (int(z["height"]), int(z["width"]), int(z["frames"]), float(z["fps"])) == (70, 100, 0, 0.0)
+    assert float(z["bits"]) == 18 and int(z["patch_size"]) == 8
+    assert str(z["model_hash"]) == BSQViT.from_pretrained(str(m)).weights_hash()
+
+    rc, _, _ = run_cli(capsys, "detokenize", tmp_path / "t.npz", tmp_path / "det.png", "--model", m)
+    assert rc == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "det.png")), np.asarray(rec))
+    assert leftovers(tmp_path) == []
+
+
+@needs_data
+@pytest.mark.parametrize("model_name", ["tiny", "tiny-video"])
+def test_cli_video_reconstruct_and_token_round_trip(tmp_path, capsys, models, model_name):
+    m = models / model_name
+    rc, out, _ = run_cli(capsys, "reconstruct", RAW_H264, tmp_path / "rec.mp4", "--model", m, "--max-frames", 4, "--lossless", "--threads", 1)
+    assert rc == 0 and "video 4x176x144" in out
+    rec, fps = read_video(tmp_path / "rec.mp4")
+    assert rec.shape == (3, 4, 144, 176) and fps == 25.0
+
+    rc, _, _ = run_cli(capsys, "tokenize", RAW_H264, tmp_path / "t.npz", "--model", m, "--max-frames", 4, "--threads", 1)
+    assert rc == 0
+    z = np.load(tmp_path / "t.npz")
+    assert z["indices"].shape == (4, 18, 22) and int(z["frames"]) == 4 and float(z["fps"]) == 25.0
+
+    rc, _, _ = run_cli(capsys, "detokenize", tmp_path / "t.npz", tmp_path / "det.mp4", "--model", m, "--lossless", "--threads", 1)
+    assert rc == 0
+    det, _ = read_video(tmp_path / "det.mp4")
+    assert torch.equal(det, rec)
+    # the model's own reconstruction, chunk by chunk, is what was written
+    model = BSQViT.from_pretrained(str(m))
+    x, _ = read_video(RAW_H264, max_frames=4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # same thread count as the CLI runs above: bit-identical floats
+    try:
+        if model.config.num_frames == 1:
+            ref = model.decode(model.encode(x.movedim(1, 0)), size=(144, 176)).movedim(0, 1)
+        else:  # chunks of 3 + 1 frames
+            ref = torch.cat([model.decode(model.encode(x[None, :, s:s + 3]), size=(144, 176))[0] for s in (0, 3)], 1)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads  # --threads did not leak out of main()
+    assert np.array_equal(to_uint8(ref), to_uint8(rec))
+    # default (lossy H.264) output: right size
+    rc, _, _ = run_cli(capsys, "detokenize", tmp_path / "t.npz", tmp_path / "lossy.mp4", "--model", m, "--threads", 1)
+    assert rc == 0 and read_video(tmp_path / "lossy.mp4")[0].shape == (3, 4, 144, 176)
+
+
+def _npz(path, **overrides):
+    rec = dict(indices=np.zeros((9, 13), np.int64), height=np.int64(70), width=np.int64(100), frames=np.int64(0),
+               fps=np.float64(0), bits=np.float64(18), patch_size=np.int64(8), model_hash=np.str_("x"))
+    rec.update(overrides)
+    rec = {k: v for k, v in rec.items() if v is not None}
+    np.savez(path, **rec)
+    return path
+
+
+def test_cli_error_paths(tmp_path, capsys, models, crop):
+    m = models / "tiny"
+    out = tmp_path / "out.png"
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(crop.read_bytes()[:200])
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip")
+    h = BSQViT.from_pretrained(str(m)).weights_hash()
+    cases = [
+        ["reconstruct", tmp_path / "missing.png", out, "--model", m],
+        ["reconstruct", corrupt, out, "--model", m],
+        ["reconstruct", crop, out, "--model", tmp_path / "no-model-dir"],
+        ["reconstruct", crop, out],  # no --model, no default
+        ["reconstruct", crop, tmp_path / "nodir" / "out.png", "--model", m],
+        ["reconstruct", crop, tmp_path / "out.mp4", "--model", m],  # image -> video suffix
+        ["tokenize", corrupt, tmp_path / "t.npz", "--model", m],
+        ["detokenize", garbage, out, "--model", m],
+        ["detokenize", _npz(tmp_path / "nokeys.npz", model_hash=None), out, "--model", m],
+        ["detokenize", _npz(tmp_path / "shape.npz", indices=np.zeros((4, 4), np.int64)), out, "--model", m],
+        ["detokenize", _npz(tmp_path / "dims.npz", indices=np.zeros((9,), np.int64)), out, "--model", m],
+        ["detokenize", _npz(tmp_path / "range.npz", indices=np.full((9, 13), 2**18), model_hash=np.str_(h)), out, "--model", m],
+        ["detokenize", _npz(tmp_path / "float.npz", indices=np.zeros((9, 13))), out, "--model", m],
+        ["detokenize", _npz(tmp_path / "hash.npz"), out, "--model", m],  # model hash mismatch without --force
+        ["init-model", "--preset", "no-such-preset", tmp_path / "newmodel"],
+    ]
+    for argv in cases:
+        rc, _, err = run_cli(capsys, *argv)
+        assert_clean_error(rc, err, out)
+        assert not (tmp_path / "t.npz").exists() and not (tmp_path / "newmodel").exists()
+
+
+def test_cli_refuses_to_overwrite_inputs(tmp_path, capsys, models, crop):
+    m = models / "tiny"
+    img = tmp_path / "in.png"
+    img.write_bytes(crop.read_bytes())
+    before = img.read_bytes()
+    rc, _, err = run_cli(capsys, "reconstruct", img, img, "--model", m)
+    assert_clean_error(rc, err)
+    assert "overwrite" in err and img.read_bytes() == before
+    link = tmp_path / "link.png"
+    link.symlink_to(img)
+    rc, _, err = run_cli(capsys, "reconstruct", img, link, "--model", m)
+    assert_clean_error(rc, err)
+    assert img.read_bytes() == before
+    rc, _, err = run_cli(capsys, "tokenize", img, m / "model.safetensors", "--model", m)
+    assert_clean_error(rc, err)
+
+
+def test_cli_detokenize_force_and_models(tmp_path, capsys, models, crop):
+    rc, _, _ = run_cli(capsys, "tokenize", crop, tmp_path / "t.npz", "--model", models / "tiny")
+    assert rc == 0
+    rc, _, err = run_cli(capsys, "detokenize", tmp_path / "t.npz", tmp_path / "d.png", "--model", models / "other")
+    assert_clean_error(rc, err, tmp_path / "d.png")
+    assert "--force" in err
+    rc, _, err = run_cli(capsys, "detokenize", tmp_path / "t.npz", tmp_path / "d.png", "--model", models / "other", "--force")
+    assert rc == 0 and "warning" in err and Image.open(tmp_path / "d.png").size == (100, 70)
+
+    rc, out, _ = run_cli(capsys, "presets")
+    assert rc == 0 and "tiny" in out and "283,154" in out
+    rc, _, _ = run_cli(capsys, "init-model", "--preset", "tiny", tmp_path / "new", "--seed", 3)
+    assert rc == 0
+    a = BSQViT.from_pretrained(str(tmp_path / "new"))
+    torch.manual_seed(3)
+    assert a.weights_hash() == BSQViT.from_preset("tiny").weights_hash()
+    rc, _, err = run_cli(capsys, "init-model", "--preset", "tiny", tmp_path / "new")  # not empty: refuse
+    assert_clean_error(rc, err)
+    assert run_cli(capsys, "--help")[0] == 0
+
+
+def test_python_dash_m_entry_point(tmp_path, models, crop):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "rec.png"
+    r = subprocess.run([sys.executable, "-m", "bsqvit", "reconstruct", str(crop), str(out), "--model", str(models / "tiny")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "PSNR" in r.stdout and Image.open(out).size == (100, 70)
