@@ -32,7 +32,8 @@ FSQ_LEVELS = {
 
 def quantizer_for(kind: str, bits: int, base: QuantizerConfig, vq_dim: int = 16) -> QuantizerConfig:
     if kind == "bsq":
-        return replace(base, type="bsq", dim=bits)
+        g = base.group_size if base.type == "bsq" and base.group_size and bits % base.group_size == 0 else None
+        return replace(base, type="bsq", dim=bits, group_size=g)
     if kind == "lfq":
         # exact entropy (g = L) is the LFQ paper's form; it costs N x 2^L memory, so beyond
         # 14 bits we fall back to groups of 9 (said so in the table)
@@ -57,11 +58,20 @@ def evaluate_tokenizer(model, loader, device) -> dict:
     ps, ss = [], []
     model.eval()
     key = "video" if getattr(loader.dataset, "num_frames", None) else "image"
+    th, tw = model.config.image_size
     for batch in loader:
         x = batch[key].to(device)
-        out = model(x)
-        ps.extend(psnr(out.reconstruction, x).tolist())
-        ss.extend(ssim(out.reconstruction, x).tolist())
+        B, C, H, W = x.shape
+        H, W = H - H % th, W - W % tw
+        x = x[..., :H, :W]
+        # tiles on the training grid, so every quantizer is judged where it was trained
+        tiles = x.unfold(2, th, th).unfold(3, tw, tw)  # B, C, nh, nw, th, tw
+        nh, nw = tiles.shape[2:4]
+        tiles = tiles.permute(0, 2, 3, 1, 4, 5).reshape(-1, C, th, tw)
+        out = model(tiles)
+        rec = out.reconstruction.reshape(B, nh, nw, C, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(B, C, H, W)
+        ps.extend(psnr(rec, x).tolist())
+        ss.extend(ssim(rec, x).tolist())
         stats.update(out.indices)
     s = stats.summary()
     return {"psnr": sum(ps) / len(ps), "ssim": sum(ss) / len(ss), "n": len(ps), **s}
