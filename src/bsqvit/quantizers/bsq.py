@@ -119,7 +119,7 @@ class _BinaryQuantizer(Quantizer):
             # q(bit_d = 1 | u) = sigmoid(4 tau u_d s), s = code scale
             logits = 4.0 * tau * self.scale * u
             per_sample = binary_entropy_from_logits(logits).sum(-1).mean()
-            p_mean = distributed_mean(torch.sigmoid(logits).mean(0)) if self.sync_stats else torch.sigmoid(logits).mean(0)
+            p_mean = distributed_mean(torch.sigmoid(logits).mean(0)) if self.sync_stats and self.training else torch.sigmoid(logits).mean(0)
             p_mean = p_mean.clamp(0.0, 1.0)
             probs = torch.stack([p_mean, 1 - p_mean], dim=-1)
             codebook = entropy(probs).sum()
@@ -130,7 +130,7 @@ class _BinaryQuantizer(Quantizer):
         p = logp.exp()
         per_sample = -(p * logp).sum(-1).sum(-1).mean()
         avg = p.mean(0)  # (G, 2^g)
-        if self.sync_stats:
+        if self.sync_stats and self.training:  # eval may run on one rank only: no collectives
             avg = distributed_mean(avg)
         codebook = entropy(avg).sum()
         return per_sample, codebook
@@ -178,7 +178,8 @@ class BinarySphericalQuantizer(_BinaryQuantizer):
         gamma0, gamma, zeta: entropy loss ``zeta * (gamma0 H_sample - gamma H_codebook) / tau``.
         commitment_weight: weight of ``||sg(zq) - u||^2`` (0 = off, as in every released config).
         entropy_weight: multiplies the entropy loss inside ``loss`` (the trainer ramps its own).
-        sync_stats: all-reduce the codebook statistics across data-parallel ranks.
+        sync_stats: all-reduce the codebook statistics across data-parallel ranks (training mode
+            only: evaluation may run on a single rank, so it never issues a collective).
     """
 
     spherical = True

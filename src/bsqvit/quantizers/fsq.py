@@ -81,7 +81,11 @@ class FiniteScalarQuantizer(Quantizer):
             zq = self.quantize(z.float())
             indices = self.codes_to_indices(zq.detach())
             flat = indices.reshape(-1)
-            _, counts = torch.unique(flat, return_counts=True)
+            if self.codebook_size <= 1 << 22:
+                counts = torch.bincount(flat, minlength=self.codebook_size)
+                counts = counts[counts > 0]
+            else:
+                counts = torch.unique(flat, return_counts=True)[1]
             probs = counts.float() / max(flat.numel(), 1)
             codebook_entropy = -(probs * probs.log()).sum()
         return QuantizerOutput(

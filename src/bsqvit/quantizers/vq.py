@@ -117,20 +117,22 @@ class VectorQuantizer(Quantizer):
     def _restart_dead(self, u: Tensor) -> None:
         if self.dead_code_threshold <= 0:
             return
-        dead = self.cluster_size < self.dead_code_threshold
-        if _dist_on():  # rank 0 decides, so every rank restarts the same codes
+        n = u.shape[0]
+        dead = (self.cluster_size < self.dead_code_threshold) & (n > 0)
+        distributed = _dist_on()
+        if distributed:  # rank 0 decides and supplies the vectors, so every rank agrees
             flag = dead.to(torch.uint8)
             dist.broadcast(flag, src=0)
             dead = flag.bool()
         num = int(dead.sum())
         if num == 0:
             return
-        n = u.shape[0]
-        if n == 0:
-            return
-        pick = torch.randperm(n, device=u.device)[:num] if n >= num else torch.randint(0, n, (num,), device=u.device)
-        new = u[pick].contiguous()
-        if _dist_on():
+        if not distributed or dist.get_rank() == 0:
+            pick = torch.randperm(n, device=u.device)[:num] if n >= num else torch.randint(0, n, (num,), device=u.device)
+            new = u[pick].contiguous()
+        else:
+            new = u.new_empty(num, self.dim)
+        if distributed:
             dist.broadcast(new, src=0)
         new = F.normalize(new, dim=-1)
         self.cluster_size[dead] = self.dead_code_threshold
