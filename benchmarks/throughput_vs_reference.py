@@ -12,7 +12,8 @@ timed call is "encode + decode" of a batch:
 
 Repetitions are interleaved (ref, ours, ours, ref, ...) after warm-up, and the median is
 reported (also the best-of ratio and the median of back-to-back pair ratios, which are less
-sensitive to other processes on a shared machine). Configs: the released 128^2 (L=18, g=9) and 256^2 (L=18, per-bit) ViT-B configs and a
+sensitive to other processes on a shared machine, and the ratio of process CPU times, which with
+``--threads 1`` hardly depends on them). Configs: the released 128^2 (L=18, g=9) and 256^2 (L=18, per-bit) ViT-B configs and a
 small-width 128^2 variant.
 
     PYTHONPATH=src python benchmarks/throughput_vs_reference.py --reference-repo /tmp/bsq-ref \
@@ -25,6 +26,7 @@ import argparse
 import importlib.util
 import json
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -90,10 +92,13 @@ def ours_step(model, x):
 
 
 def timed(step, model, x):
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    c0 = time.process_time()
     t0 = time.perf_counter()
     _, _, t1 = step(model, x)
     t2 = time.perf_counter()
-    return t2 - t0, t1 - t0, t2 - t1
+    c1 = time.process_time()
+    return t2 - t0, t1 - t0, t2 - t1, c1 - c0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
 
 
 def bench(name: str, ref, ours, size: int, batch: int, repeats: int, warmup: int, seed: int) -> dict:
@@ -122,12 +127,16 @@ def bench(name: str, ref, ours, size: int, batch: int, repeats: int, warmup: int
             "encode_median_s": statistics.median(t[1] for t in ts),
             "decode_median_s": statistics.median(t[2] for t in ts),
             "images_per_s": batch / tot,
+            "cpu_median_s": statistics.median(t[3] for t in ts),
+            "page_faults_median": statistics.median(t[4] for t in ts),
             "all_s": [round(t[0], 4) for t in ts],
         }
     out["ratio_ours_over_ref"] = out["ours"]["images_per_s"] / out["ref"]["images_per_s"]
     # noise-robust companions: best-of ratio, and the median of per-repeat ratios (each pair ran back to back)
     out["ratio_min_times"] = out["ref"]["min_s"] / out["ours"]["min_s"]
     out["ratio_paired_median"] = statistics.median(r[0] / o[0] for r, o in zip(times["ref"], times["ours"]))
+    # process CPU time: with 1 thread it is barely affected by other processes taking the cores
+    out["ratio_cpu_time_paired_median"] = statistics.median(r[3] / o[3] for r, o in zip(times["ref"], times["ours"]))
     return out
 
 
@@ -176,15 +185,18 @@ def main(argv=None) -> int:
     print(f"\n# Encode+decode throughput, CPU fp32, eval, no_grad, {meta['threads']} threads, batch {args.batch} "
           f"(torch {meta['torch']})\n")
     print("| config | image | repeats | ref img/s | ours img/s | ours/ref (medians) | ours/ref (best) | "
-          "ours/ref (paired median) | ref enc / dec s | ours enc / dec s | idx agree | pixel maxdiff |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "ours/ref (paired median) | ours/ref (CPU time) | ref enc / dec s | ours enc / dec s | idx agree | pixel maxdiff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['config']} | {r['image_size']}^2 | {r['repeats']} | {r['ref']['images_per_s']:.3f} | "
               f"{r['ours']['images_per_s']:.3f} | {r['ratio_ours_over_ref']:.3f} | {r['ratio_min_times']:.3f} | "
-              f"{r['ratio_paired_median']:.3f} | "
+              f"{r['ratio_paired_median']:.3f} | {r['ratio_cpu_time_paired_median']:.3f} | "
               f"{r['ref']['encode_median_s']:.3f} / {r['ref']['decode_median_s']:.3f} | "
               f"{r['ours']['encode_median_s']:.3f} / {r['ours']['decode_median_s']:.3f} | "
               f"{r['index_agreement']:.4f} | {r['pixel_maxdiff']:.1e} |")
+    print("\nMinor page faults per call (median), ref / ours: "
+          + ", ".join(f"{r['config']} {r['ref']['page_faults_median']:.0f} / {r['ours']['page_faults_median']:.0f}"
+                      for r in results))
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     return 0 if all(r["ratio_ours_over_ref"] >= 1.0 for r in results) else 1

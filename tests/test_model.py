@@ -309,3 +309,16 @@ def test_config_rejects_bad_values():
         BSQViTConfig(image_size=[30, 32])
     with pytest.raises(ValueError):
         BSQViTConfig(mask_type="diagonal")
+
+
+def test_reference_config_rejects_unit_range_models():
+    cfg = ref_config()
+    cfg["data"] = {"zero_mean": False}
+    with pytest.raises(ConfigError, match="zero_mean"):
+        config_from_reference(cfg)
+    cfg = ref_config()
+    cfg["model"]["params"]["clamp_range"] = [0, 1]
+    with pytest.raises(ConfigError, match="clamp_range"):
+        config_from_reference(cfg)
+    cfg["model"]["params"]["clamp_range"] = [-1, 1]
+    assert config_from_reference(cfg).quantizer.dim == 18

@@ -92,6 +92,13 @@ def config_from_reference(ref: dict) -> BSQViTConfig:
     target = ref.get("model", {}).get("target", "") if isinstance(ref, dict) else ""
     if target and not target.endswith("VITBSQModel"):
         raise ConfigError(f"unsupported reference model {target!r} (only VITBSQModel)")
+    # Our models take inputs in [-1, 1]: the reference's training script uses that range when
+    # data.zero_mean is true (every released config); a [0, 1] model would load but be wrong.
+    zero_mean = ref.get("data", {}).get("zero_mean", True) if isinstance(ref, dict) else True
+    clamp = params.get("clamp_range")
+    if zero_mean is False or (clamp is not None and [float(c) for c in clamp] != [-1.0, 1.0]):
+        raise ConfigError(f"reference model trained on [0, 1] inputs (zero_mean={zero_mean}, clamp_range={clamp}); "
+                          "only [-1, 1] models are supported")
     enc = dict(params["vitconfig"])
     dec = dict(params.get("dvitconfig") or enc)
     for c, name in ((enc, "vitconfig"), (dec, "dvitconfig")):
