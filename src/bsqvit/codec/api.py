@@ -1,0 +1,420 @@
+"""Compress and decompress images and videos into ``.bsq`` files: on tokens, tensors and files.
+
+>>> from bsqvit import BSQViT
+>>> from bsqvit.codec import TokenPrior, compress, decompress
+>>> model = BSQViT.from_pretrained("runs/cpu-small/model")
+>>> prior = TokenPrior.from_pretrained("runs/prior-ar/prior")      # or None: raw L-bit fields
+>>> res = compress(x, model, prior)                                 # x: (3,H,W) or (3,T,H,W) in [-1, 1]
+>>> res.data, res.stats["bpp"]
+>>> y = decompress(res.data, model, prior)                          # == model.decode(model.encode(x))
+
+The pixels of :func:`decompress` are those of ``bsqvit reconstruct`` with the same model: the same
+``encode``/``decode`` calls, the same video chunking (``bsqvit.cli.encode_frames`` /
+``decode_frames`` in chunks of the model's ``num_frames``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..io import InputError
+from .coding import (
+    DEFAULT_PRIOR_THREADS,
+    DEFAULT_PROB_BITS,
+    DEFAULT_TILE_BATCH,
+    CodingStats,
+    DecodeError,
+    SymbolCoder,
+    code_frame,
+    decoder_for,
+    pack_raw,
+    pinned_threads,
+    unpack_raw,
+)
+from .container import (
+    BSQFormatError,
+    Header,
+    Limits,
+    read_container,
+    short_id,
+    tokens_crc,
+    write_container,
+)
+
+DEFAULT_FRAMES_PER_CHUNK = 8
+
+
+@dataclass
+class CodecOptions:
+    """Encoder choices that are recorded in the header (the decoder follows them)."""
+
+    prior_threads: int = DEFAULT_PRIOR_THREADS
+    tile_batch: int = DEFAULT_TILE_BATCH
+    prob_bits: int = DEFAULT_PROB_BITS
+    frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK
+
+
+@dataclass
+class CompressResult:
+    data: bytes
+    header: Header
+    stats: dict = field(default_factory=dict)
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+def token_bits(model) -> int:
+    """Bits of a raw token field: log2 of the codebook size, rounded up."""
+    return max(1, math.ceil(math.log2(model.quantizer.codebook_size)))
+
+
+def _chunk_frames(model) -> int:
+    from ..cli import video_chunk
+
+    return video_chunk(model)
+
+
+def _check_prior(prior, model_bits: int) -> None:
+    if prior.config.bits != model_bits:
+        raise InputError(f"the prior models {prior.config.bits}-bit tokens, the tokenizer makes {model_bits}-bit tokens")
+
+
+def base_header(model, media: str, H: int, W: int, T: int, fps: float, prior, opts: CodecOptions) -> Header:
+    p = model.patch_size
+    gh, gw = -(-H // p), -(-W // p)
+    L = token_bits(model)
+    fpc = 1 if media == "image" else max(1, opts.frames_per_chunk)
+    h = Header(
+        media=media, coder="raw", tokenizer_id=short_id(model.weights_hash()), bits=L, patch_size=p,
+        height=H, width=W, frames=T, fps=float(fps) if media == "video" else 0.0,
+        pad_bottom=gh * p - H, pad_right=gw * p - W, pad_mode=model.config.pad_mode,
+        chunk_frames=_chunk_frames(model), frames_per_chunk=fpc, n_chunks=-(-T // fpc),
+    )
+    if prior is not None:
+        _check_prior(prior, L)
+        c = prior.config
+        h.coder = c.kind
+        h.prior_id = short_id(prior.weights_hash())
+        h.group_bits = c.group_bits
+        h.tile = tuple(c.tile)
+        if c.kind == "parallel":
+            h.passes, h.schedule = c.passes, c.schedule
+        h.prior_threads = opts.prior_threads
+        h.prob_bits = opts.prob_bits
+        h.video_cond = bool(c.video)
+        h.tile_batch = opts.tile_batch
+    return h
+
+
+# ---- tokens <-> bytes -------------------------------------------------------------------------------
+def encode_tokens(tokens: np.ndarray, header: Header, prior=None) -> tuple[bytes, dict]:
+    """Token frames (T, h, w) -> the whole ``.bsq`` file; ``header`` describes them (see :func:`base_header`)."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    T, gh, gw = tokens.shape
+    if (T, gh, gw) != (header.frames, *header.grid):
+        raise ValueError(f"tokens {tokens.shape} do not match the header ({header.frames}, {header.grid})")
+    if tokens.min() < 0 or tokens.max() >= (1 << header.bits):
+        raise ValueError(f"tokens outside [0, 2^{header.bits})")
+    chunks, stats = [], CodingStats()
+    t0 = time.perf_counter()
+    start = 0
+    for n in header.chunk_frame_counts():
+        block = tokens[start : start + n]
+        if header.coder == "raw":
+            payload = pack_raw(block, header.bits)
+        else:
+            coder = SymbolCoder(prob_bits=header.prob_bits)
+            with pinned_threads(header.prior_threads):
+                for i in range(n):
+                    f = start + i
+                    prev = tokens[f - 1] if (header.video_cond and f > 0) else None
+                    code_frame(prior, coder, gh, gw, block[i], prev, header.tile_batch)
+            payload = coder.finish()
+            stats.add(coder.stats)
+        chunks.append((payload, tokens_crc(block)))
+        start += n
+    data = write_container(header, chunks)
+    n_tok = tokens.size
+    payload_bits = 8 * sum(len(p) for p, _ in chunks)
+    ideal = stats.ideal_bits if header.coder != "raw" else float(n_tok * header.bits)
+    info = {
+        "tokens": int(n_tok),
+        "payload_bytes": payload_bits // 8,
+        "header_bytes": len(data) - payload_bits // 8,
+        "ideal_bits_per_token": ideal / n_tok,
+        "payload_bits_per_token": payload_bits / n_tok,
+        "coder_overhead": payload_bits / ideal - 1 if ideal > 0 else None,
+        "seconds_entropy": time.perf_counter() - t0,
+    }
+    if header.coder != "raw":
+        info["quantized_model_bits_per_token"] = stats.model_bits / n_tok
+    return data, info
+
+
+def iter_decode_tokens(header: Header, chunks, prior=None) -> Iterator[np.ndarray]:
+    """Yield the token frames of every chunk ((n, h, w) int64), each checked against its CRC."""
+    gh, gw = header.grid
+    last = None
+    for ci, ((payload, tcrc), n) in enumerate(zip(chunks, header.chunk_frame_counts())):
+        try:
+            if header.coder == "raw":
+                block = unpack_raw(bytes(payload), n * gh * gw, header.bits).reshape(n, gh, gw)
+            else:
+                coder = decoder_for(payload, header.prob_bits)
+                frames = []
+                with pinned_threads(header.prior_threads):
+                    for _ in range(n):
+                        prev = last if header.video_cond else None
+                        last = code_frame(prior, coder, gh, gw, None, prev, header.tile_batch)
+                        frames.append(last)
+                block = np.stack(frames)
+        except DecodeError as e:
+            raise BSQFormatError(f"chunk {ci}: {e} (file corrupt or decoded with other weights or numerics)") from None
+        if tokens_crc(block) != tcrc:
+            raise BSQFormatError(
+                f"chunk {ci}: decoded tokens fail their CRC (the decoder drifted from the encoder: other prior "
+                f"weights, or a platform/library whose arithmetic differs)")
+        last = block[-1]
+        yield block
+
+
+def check_decoders(header: Header, model=None, prior=None) -> None:
+    """Refuse weights other than the ones the file was made with."""
+    if model is not None:
+        mid = short_id(model.weights_hash())
+        if mid != header.tokenizer_id:
+            raise BSQFormatError(f"file was made for other tokenizer weights (id {header.tokenizer_id[:12]}..., "
+                                 f"the given model is {mid[:12]}...)")
+        if token_bits(model) != header.bits or model.patch_size != header.patch_size:
+            raise BSQFormatError("tokenizer bits or patch size differ from the file's")
+        if _chunk_frames(model) != header.chunk_frames or model.config.pad_mode != header.pad_mode:
+            raise BSQFormatError("tokenizer frames per chunk or padding differ from the file's")
+    if header.coder == "raw":
+        return
+    if prior is None:
+        raise BSQFormatError(f"file was coded with a prior ({header.coder}, id {header.prior_id[:12]}...); "
+                             "give it with --prior DIR")
+    pid = short_id(prior.weights_hash())
+    if pid != header.prior_id:
+        raise BSQFormatError(f"file was made for other prior weights (id {header.prior_id[:12]}..., "
+                             f"the given prior is {pid[:12]}...)")
+    c = prior.config
+    ok = (c.kind == header.coder and c.group_bits == header.group_bits and tuple(c.tile) == tuple(header.tile)
+          and c.bits == header.bits and bool(c.video) == header.video_cond)
+    if c.kind == "parallel":
+        ok = ok and c.passes == header.passes and c.schedule == header.schedule
+    if not ok:
+        raise BSQFormatError("the prior's configuration differs from the file's")
+
+
+def decode_tokens(data: bytes, prior=None, limits: Limits | None = None) -> tuple[Header, np.ndarray]:
+    """A whole ``.bsq`` file -> (header, tokens (T, h, w))."""
+    header, chunks = read_container(data, limits)
+    check_decoders(header, None, prior)
+    return header, np.concatenate(list(iter_decode_tokens(header, chunks, prior)))
+
+
+# ---- tensors ------------------------------------------------------------------------------------------
+def tokenize(model, x: torch.Tensor, amp: bool = False) -> np.ndarray:
+    """(3, H, W) -> (1, h, w); (3, T, H, W) -> (T, h, w): the calls of ``bsqvit reconstruct``."""
+    from ..cli import encode_frames
+
+    if x.ndim == 3:
+        return model.encode(x[None], amp=amp)[0].numpy()[None]
+    n = _chunk_frames(model)
+    return np.concatenate([encode_frames(model, x[:, s : s + n], amp=amp).numpy() for s in range(0, x.shape[1], n)])
+
+
+def compress(x: torch.Tensor, model, prior=None, fps: float = 25.0, options: CodecOptions | None = None,
+             amp: bool = False) -> CompressResult:
+    """An image (3, H, W) or a video (3, T, H, W) in [-1, 1] -> ``.bsq`` bytes."""
+    if x.ndim not in (3, 4) or x.shape[0] != 3:
+        raise ValueError(f"expected (3,H,W) or (3,T,H,W), got {tuple(x.shape)}")
+    t0 = time.perf_counter()
+    media = "image" if x.ndim == 3 else "video"
+    H, W = x.shape[-2:]
+    T = 1 if media == "image" else x.shape[1]
+    header = base_header(model, media, H, W, T, fps, prior, options or CodecOptions())
+    tokens = tokenize(model, x, amp=amp)
+    t1 = time.perf_counter()
+    data, info = encode_tokens(tokens, header, prior)
+    stats = summarize(data, header, info, time.perf_counter() - t0)
+    stats["seconds_tokenizer"] = t1 - t0
+    return CompressResult(data, header, stats)
+
+
+def summarize(data: bytes, header: Header, info: dict, seconds: float) -> dict:
+    n = info["tokens"]
+    return {
+        "bytes": len(data),
+        "bpp": 8 * len(data) / header.pixels,
+        "bits_per_token": 8 * len(data) / n,
+        "seconds": seconds,
+        "coder": header.coder,
+        "raw_bits_per_token": header.bits,
+        **info,
+    }
+
+
+def _decode_pixels(model, header: Header, token_blocks: Iterator[np.ndarray], amp: bool = False):
+    """Yield uint8-ready pixel chunks (3, t, H, W) in [-1, 1] (t = the tokenizer's chunk)."""
+    from ..cli import decode_frames
+
+    size = (header.height, header.width)
+    n = header.chunk_frames
+    buf: list[np.ndarray] = []
+    count = 0
+    for block in token_blocks:
+        for f in block:
+            buf.append(f)
+            count += 1
+            if len(buf) == n:
+                yield decode_frames(model, torch.from_numpy(np.stack(buf)), size, amp=amp)
+                buf = []
+    if buf:
+        yield decode_frames(model, torch.from_numpy(np.stack(buf)), size, amp=amp)
+
+
+def decompress(data: bytes, model, prior=None, limits: Limits | None = None, amp: bool = False) -> torch.Tensor:
+    """``.bsq`` bytes -> pixels in [-1, 1]: (3, H, W) for an image, (3, T, H, W) for a video."""
+    header, chunks = read_container(data, limits)
+    check_decoders(header, model, prior)
+    blocks = iter_decode_tokens(header, chunks, prior)
+    if header.media == "image":
+        tokens = next(blocks)
+        return model.decode(torch.from_numpy(tokens), size=(header.height, header.width), amp=amp)[0]
+    return torch.cat(list(_decode_pixels(model, header, blocks, amp=amp)), dim=1)
+
+
+# ---- files ----------------------------------------------------------------------------------------------
+def read_bsq(path: str | os.PathLike, limits: Limits | None = None) -> bytes:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such file" if not p.exists() else f"{p}: not a regular file")
+    limits = limits or Limits()
+    size = p.stat().st_size
+    cap = 64 + limits.max_tokens * 8  # no .bsq can be larger than raw 64-bit tokens
+    if size > cap:
+        raise BSQFormatError(f"{p}: too large for a .bsq file ({size} bytes)")
+    return p.read_bytes()
+
+
+def compress_file(inp, out, model, prior=None, options: CodecOptions | None = None, max_frames: int | None = None,
+                  amp: bool = False) -> dict:
+    """Image or video file -> ``.bsq`` file (written atomically). Returns the statistics."""
+    from ..cli import chunks as frame_chunks
+    from ..cli import encode_frames
+    from ..io import atomic_path, from_uint8, is_video_path, iter_video_frames, load_image, video_info
+
+    t0 = time.perf_counter()
+    opts = options or CodecOptions()
+    if is_video_path(inp):
+        info = video_info(inp)
+        H, W, fps = info["height"], info["width"], info["fps"]
+        parts = [encode_frames(model, from_uint8(f), amp=amp).numpy()
+                 for f in frame_chunks(iter_video_frames(inp, max_frames=max_frames), _chunk_frames(model))]
+        if not parts:
+            raise InputError(f"{inp}: no frames selected")
+        tokens = np.concatenate(parts)
+        header = base_header(model, "video", H, W, tokens.shape[0], fps, prior, opts)
+    else:
+        x = load_image(inp)
+        H, W = x.shape[-2:]
+        header = base_header(model, "image", H, W, 1, 0.0, prior, opts)
+        tokens = tokenize(model, x, amp=amp)
+    t1 = time.perf_counter()
+    data, info = encode_tokens(tokens, header, prior)
+    with atomic_path(out) as tmp:
+        Path(tmp).write_bytes(data)
+    stats = summarize(data, header, info, time.perf_counter() - t0)
+    stats["seconds_tokenizer"] = t1 - t0
+    stats["media"] = header.media
+    stats["frames"] = header.frames
+    return stats
+
+
+def is_frames_dir(out: str | os.PathLike) -> bool:
+    """A video is written as PNG frames into ``out`` when it has no suffix or ends with a slash."""
+    s = os.fspath(out)
+    return s.endswith(os.sep) or Path(s).suffix == ""
+
+
+def decompress_file(inp, out, model, prior=None, limits: Limits | None = None, crf: int = 18,
+                    lossless: bool = False, amp: bool = False) -> dict:
+    """``.bsq`` file -> image file, video file or directory of PNG frames; nothing partial on error."""
+    from ..io import IMAGE_SUFFIXES, VideoWriter, is_video_path, save_image, to_uint8
+
+    t0 = time.perf_counter()
+    data = read_bsq(inp, limits)
+    header, chunks = read_container(data, limits)
+    check_decoders(header, model, prior)
+    out_s = os.fspath(out)
+    if header.media == "image":
+        if is_video_path(out_s) or Path(out_s).suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(f"{out}: the file holds an image; the output needs an image suffix (.png)")
+        tokens = next(iter_decode_tokens(header, chunks, prior))
+        rec = model.decode(torch.from_numpy(tokens), size=(header.height, header.width), amp=amp)[0]
+        save_image(rec, out)
+    elif is_video_path(out_s):
+        with VideoWriter(out, header.fps, crf=crf, lossless=lossless) as writer:
+            for px in _decode_pixels(model, header, iter_decode_tokens(header, chunks, prior), amp=amp):
+                writer.write(to_uint8(px))
+    elif is_frames_dir(out_s):
+        _write_frames_dir(Path(out_s.rstrip(os.sep) or out_s), model, header, chunks, prior, amp)
+    else:
+        raise InputError(f"{out}: the file holds a video; write a video (.mp4) or a directory of PNG frames "
+                         "(a path without suffix)")
+    return {"bytes": len(data), "media": header.media, "frames": header.frames, "width": header.width,
+            "height": header.height, "coder": header.coder, "seconds": time.perf_counter() - t0}
+
+
+def _write_frames_dir(out: Path, model, header: Header, chunks, prior, amp: bool) -> None:
+    from PIL import Image
+
+    from ..io import to_uint8
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out}: exists and is not an empty directory; refusing to overwrite")
+    if not out.parent.is_dir():
+        raise InputError(f"{out}: output directory {out.parent} does not exist")
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        i = 0
+        for px in _decode_pixels(model, header, iter_decode_tokens(header, chunks, prior), amp=amp):
+            for frame in to_uint8(px):
+                Image.fromarray(frame).save(tmp / f"frame_{i:06d}.png")
+                i += 1
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def info(path: str | os.PathLike, limits: Limits | None = None) -> dict:
+    """The header of a ``.bsq`` file as a JSON-ready dict, plus sizes (every chunk CRC is checked)."""
+    data = read_bsq(path, limits)
+    header, chunks = read_container(data, limits)
+    payload = sum(len(p) for p, _ in chunks)
+    d = header.to_json()
+    d.update({
+        "file_bytes": len(data),
+        "payload_bytes": payload,
+        "header_bytes": len(data) - payload,
+        "chunk_bytes": [len(p) for p, _ in chunks][:64],
+        "tokens": header.tokens_per_frame * header.frames,
+        "bpp": 8 * len(data) / header.pixels,
+        "bits_per_token": 8 * len(data) / (header.tokens_per_frame * header.frames),
+    })
+    return d

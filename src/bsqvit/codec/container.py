@@ -1,0 +1,314 @@
+"""The ``.bsq`` container: a small binary header and a chunked, CRC-protected payload.
+
+Layout (little-endian; the full specification and the compatibility rule are in
+``docs/CODEC.md``)::
+
+    magic        4  b"\\x89BSQ"
+    major        1  format major version (this module: 1)
+    minor        1  format minor version (this module: 0)
+    body_len     2  length of the header body
+    body         body_len bytes: HEADER_STRUCT fields, then ext_len (u16) + ext (zlib JSON)
+    header_crc   4  CRC32 of everything above
+    chunks       n_chunks x { payload_len u32, payload_crc u32, tokens_crc u32, payload }
+
+``payload_crc`` is the CRC32 of the chunk's index (u32) followed by its payload: it detects
+corruption, truncation and reordering *before* anything is decoded. ``tokens_crc`` is the CRC32
+of the chunk's decoded tokens (int64, little-endian): it detects a decoder that drifted from the
+encoder (other weights, other numerics) *after* decoding, instead of producing garbage.
+
+Every size a header declares is checked against :class:`Limits` and against the bytes actually
+present before anything is allocated; every error is a :class:`BSQFormatError` (an
+:class:`~bsqvit.io.InputError`) with a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from dataclasses import asdict, dataclass, field
+
+from ..io import InputError
+
+MAGIC = b"\x89BSQ"
+MAJOR, MINOR = 1, 0
+
+CODERS = {"raw": 0, "ar": 1, "parallel": 2}
+MEDIA = {"image": 0, "video": 1}
+PAD_MODES = {"replicate": 0, "reflect": 1, "constant": 2}
+SCHEDULE_IDS = {"none": 0, "quadtree": 1, "random": 2}
+FLAG_VIDEO_COND = 1
+
+# tokenizer id, prior id, media, coder, bits, group bits, patch, chunk_frames, H, W, T, fps,
+# pad bottom, pad right, pad mode, tile h, tile w, passes, schedule, prior threads, prob bits,
+# flags, tile batch, frames per chunk, n_chunks
+HEADER_STRUCT = struct.Struct("<16s16sBBBBHHIIIdHHBHHBBBBBHHI")
+CHUNK_STRUCT = struct.Struct("<III")
+PREFIX = struct.Struct("<4sBBH")
+ID_BYTES = 16
+MAX_TILE_BATCH = 64  # bounds the prior's key/value cache a header can ask for
+
+
+class BSQFormatError(InputError):
+    """A ``.bsq`` file is malformed, corrupt, truncated, or not decodable with the given weights."""
+
+
+@dataclass
+class Limits:
+    """Upper bounds checked before allocating anything a header declares."""
+
+    max_side: int = 32768  # pixels, H and W
+    max_pixels: int = 1 << 26  # per frame (about 67 Mpx)
+    max_frames: int = 1 << 20
+    max_tokens: int = 1 << 31  # over the whole file
+    max_ext: int = 1 << 16  # bytes of decompressed extension JSON
+
+
+@dataclass
+class Header:
+    """Everything needed to decode a ``.bsq`` file (besides the weights named by the ids)."""
+
+    media: str  # image | video
+    coder: str  # raw | ar | parallel
+    tokenizer_id: str  # hex, first 16 bytes of BSQViT.weights_hash()
+    bits: int  # L, bits per token
+    patch_size: int
+    height: int
+    width: int
+    frames: int  # 1 for images
+    fps: float  # 0 for images
+    pad_bottom: int
+    pad_right: int
+    pad_mode: str
+    chunk_frames: int  # frames per tokenizer forward (decode uses the same chunking)
+    frames_per_chunk: int  # frames per payload chunk
+    n_chunks: int
+    prior_id: str | None = None  # hex, first 16 bytes of TokenPrior.weights_hash()
+    group_bits: int = 0
+    tile: tuple[int, int] = (0, 0)
+    passes: int = 0
+    schedule: str = "none"
+    prior_threads: int = 0
+    prob_bits: int = 0
+    video_cond: bool = False
+    tile_batch: int = 0
+    ext: dict = field(default_factory=dict)
+    version: tuple[int, int] = (MAJOR, MINOR)
+
+    # ---- derived sizes ---------------------------------------------------------------------------
+    @property
+    def grid(self) -> tuple[int, int]:
+        p = self.patch_size
+        return -(-self.height // p), -(-self.width // p)
+
+    @property
+    def tokens_per_frame(self) -> int:
+        h, w = self.grid
+        return h * w
+
+    @property
+    def pixels(self) -> int:
+        return self.height * self.width * self.frames
+
+    def chunk_frame_counts(self) -> list[int]:
+        F = self.frames_per_chunk
+        return [min(F, self.frames - s) for s in range(0, self.frames, F)]
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["version"] = f"{self.version[0]}.{self.version[1]}"
+        d["tile"] = list(self.tile)
+        d["grid"] = list(self.grid)
+        return d
+
+
+def id_bytes(hex_digest: str | None) -> bytes:
+    if not hex_digest:
+        return bytes(ID_BYTES)
+    b = bytes.fromhex(hex_digest)[:ID_BYTES]
+    if len(b) != ID_BYTES:
+        raise ValueError(f"weights hash too short: {hex_digest!r}")
+    return b
+
+
+def short_id(hex_digest: str) -> str:
+    return id_bytes(hex_digest).hex()
+
+
+def _inv(table: dict, value: int, what: str) -> str:
+    for k, v in table.items():
+        if v == value:
+            return k
+    raise BSQFormatError(f"unknown {what} code {value}")
+
+
+def check_header(h: Header, limits: Limits) -> None:
+    """Semantic checks of a header (sizes, consistency); raises :class:`BSQFormatError`."""
+    def bad(msg):
+        raise BSQFormatError(f"bad header: {msg}")
+
+    if h.media not in MEDIA or h.coder not in CODERS or h.pad_mode not in PAD_MODES:
+        bad("unknown media, coder or pad mode")
+    if not (1 <= h.bits <= 63):
+        bad(f"bits per token {h.bits} not in 1..63")
+    if not (1 <= h.patch_size <= 1024):
+        bad(f"patch size {h.patch_size}")
+    if not (1 <= h.height <= limits.max_side and 1 <= h.width <= limits.max_side):
+        bad(f"size {h.width}x{h.height} outside 1..{limits.max_side}")
+    if h.height * h.width > limits.max_pixels:
+        bad(f"{h.width}x{h.height} exceeds the limit of {limits.max_pixels} pixels per frame")
+    if not (1 <= h.frames <= limits.max_frames):
+        bad(f"frame count {h.frames} outside 1..{limits.max_frames}")
+    if h.media == "image" and (h.frames != 1 or h.fps != 0.0):
+        bad("an image has 1 frame and fps 0")
+    if h.media == "video" and not (math.isfinite(h.fps) and 0 < h.fps < 1000):
+        bad(f"fps {h.fps}")
+    gh, gw = h.grid
+    if (h.pad_bottom, h.pad_right) != (gh * h.patch_size - h.height, gw * h.patch_size - h.width):
+        bad(f"padding {h.pad_bottom},{h.pad_right} does not match {h.width}x{h.height} / patch {h.patch_size}")
+    if h.tokens_per_frame * h.frames > limits.max_tokens:
+        bad("too many tokens")
+    if not (1 <= h.chunk_frames <= 4096) or not (1 <= h.frames_per_chunk <= 4096):
+        bad("frames per chunk")
+    if h.n_chunks != len(h.chunk_frame_counts()):
+        bad(f"{h.n_chunks} chunks for {h.frames} frames of {h.frames_per_chunk}")
+    if h.coder == "raw":
+        if (h.prior_id or h.group_bits or h.passes or h.schedule != "none" or h.tile != (0, 0) or h.prior_threads
+                or h.prob_bits or h.video_cond or h.tile_batch):
+            bad("raw coding with prior fields")
+    else:
+        if not h.prior_id:
+            bad("prior coding without a prior id")
+        if h.group_bits < 1 or h.bits % h.group_bits or h.group_bits > 16:
+            bad(f"group bits {h.group_bits}")
+        if not (1 <= h.tile[0] <= 1024 and 1 <= h.tile[1] <= 1024):
+            bad(f"tile {h.tile}")
+        if not (1 <= h.prior_threads <= 255) or not (8 <= h.prob_bits <= 24) or not (1 <= h.tile_batch <= MAX_TILE_BATCH):
+            bad("prior threads, probability bits or tile batch")
+        if h.prob_bits < h.group_bits + 2:
+            bad("probability bits too small for the alphabet")
+        if h.coder == "parallel" and (h.schedule not in ("quadtree", "random") or not (1 <= h.passes <= 64)):
+            bad("parallel schedule")
+        if h.coder == "ar" and (h.passes or h.schedule != "none"):
+            bad("ar coding with a schedule")
+
+
+def pack_header(h: Header, limits: Limits | None = None) -> bytes:
+    check_header(h, limits or Limits())
+    ext = zlib.compress(json.dumps(h.ext, sort_keys=True, separators=(",", ":")).encode(), 9) if h.ext else b""
+    if len(ext) > 0xFFFF:
+        raise ValueError("header extension too large")
+    flags = FLAG_VIDEO_COND if h.video_cond else 0
+    body = HEADER_STRUCT.pack(
+        id_bytes(h.tokenizer_id), id_bytes(h.prior_id), MEDIA[h.media], CODERS[h.coder], h.bits, h.group_bits,
+        h.patch_size, h.chunk_frames, h.height, h.width, h.frames, float(h.fps), h.pad_bottom, h.pad_right,
+        PAD_MODES[h.pad_mode], h.tile[0], h.tile[1], h.passes, SCHEDULE_IDS[h.schedule], h.prior_threads,
+        h.prob_bits, flags, h.tile_batch, h.frames_per_chunk, h.n_chunks,
+    ) + struct.pack("<H", len(ext)) + ext
+    head = PREFIX.pack(MAGIC, MAJOR, MINOR, len(body)) + body
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+def unpack_header(data: bytes | memoryview, limits: Limits | None = None) -> tuple[Header, int]:
+    """Parse and check the header at the start of ``data``; returns it and the offset of the chunks."""
+    limits = limits or Limits()
+    data = memoryview(data)
+    if len(data) < PREFIX.size:
+        if bytes(data[:4]) != MAGIC[: len(data[:4])]:
+            raise BSQFormatError("not a .bsq file (bad magic)")
+        raise BSQFormatError("truncated .bsq file (no header)")
+    magic, major, minor, body_len = PREFIX.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise BSQFormatError("not a .bsq file (bad magic)")
+    if major != MAJOR:
+        raise BSQFormatError(f"unsupported .bsq format version {major}.{minor} (this decoder reads {MAJOR}.x)")
+    end = PREFIX.size + body_len
+    if body_len < HEADER_STRUCT.size + 2 or body_len > HEADER_STRUCT.size + 2 + 0xFFFF:
+        raise BSQFormatError(f"bad header length {body_len}")
+    if len(data) < end + 4:
+        raise BSQFormatError("truncated .bsq file (header)")
+    (crc,) = struct.unpack_from("<I", data, end)
+    if zlib.crc32(data[:end]) != crc:
+        raise BSQFormatError("corrupt .bsq header (CRC mismatch)")
+    f = HEADER_STRUCT.unpack_from(data, PREFIX.size)
+    (tok_id, prior_id, media, coder, bits, gbits, patch, chunk_frames, H, W, T, fps, pb, pr, pad_mode, th, tw,
+     passes, sched, threads, prob_bits, flags, tile_batch, fpc, n_chunks) = f
+    off = PREFIX.size + HEADER_STRUCT.size
+    (ext_len,) = struct.unpack_from("<H", data, off)
+    if off + 2 + ext_len != end:
+        raise BSQFormatError("bad header extension length")
+    ext = {}
+    if ext_len:
+        d = zlib.decompressobj()
+        try:
+            raw = d.decompress(bytes(data[off + 2 : end]), limits.max_ext)
+            if d.unconsumed_tail or not d.eof:
+                raise BSQFormatError("header extension too large or truncated")
+            ext = json.loads(raw)
+        except (zlib.error, ValueError) as e:
+            raise BSQFormatError(f"bad header extension ({type(e).__name__})") from None
+        if not isinstance(ext, dict):
+            raise BSQFormatError("bad header extension (not a mapping)")
+    h = Header(
+        media=_inv(MEDIA, media, "media"), coder=_inv(CODERS, coder, "coder"), tokenizer_id=tok_id.hex(),
+        bits=bits, patch_size=patch, height=H, width=W, frames=T, fps=fps, pad_bottom=pb, pad_right=pr,
+        pad_mode=_inv(PAD_MODES, pad_mode, "pad mode"), chunk_frames=chunk_frames, frames_per_chunk=fpc,
+        n_chunks=n_chunks, prior_id=prior_id.hex() if any(prior_id) else None, group_bits=gbits, tile=(th, tw),
+        passes=passes, schedule=_inv(SCHEDULE_IDS, sched, "schedule"), prior_threads=threads, prob_bits=prob_bits,
+        video_cond=bool(flags & FLAG_VIDEO_COND), tile_batch=tile_batch, ext=ext, version=(major, minor),
+    )
+    if flags & ~FLAG_VIDEO_COND:
+        raise BSQFormatError(f"unknown header flags {flags:#x}")
+    check_header(h, limits)
+    return h, end + 4
+
+
+def chunk_crc(index: int, payload: bytes) -> int:
+    return zlib.crc32(payload, zlib.crc32(struct.pack("<I", index)))
+
+
+def tokens_crc(tokens) -> int:
+    import numpy as np
+
+    return zlib.crc32(np.ascontiguousarray(tokens, dtype="<i8").tobytes())
+
+
+def pack_chunks(chunks: list[tuple[bytes, int]]) -> bytes:
+    """``[(payload, tokens_crc), ...]`` -> bytes."""
+    out = []
+    for i, (payload, tcrc) in enumerate(chunks):
+        out.append(CHUNK_STRUCT.pack(len(payload), chunk_crc(i, payload), tcrc))
+        out.append(payload)
+    return b"".join(out)
+
+
+def write_container(h: Header, chunks: list[tuple[bytes, int]]) -> bytes:
+    if len(chunks) != h.n_chunks:
+        raise ValueError(f"{len(chunks)} chunks, header says {h.n_chunks}")
+    return pack_header(h) + pack_chunks(chunks)
+
+
+def read_container(data: bytes, limits: Limits | None = None) -> tuple[Header, list[tuple[memoryview, int]]]:
+    """Parse a whole ``.bsq`` file: header, then every chunk, each CRC-checked.
+
+    Raises :class:`BSQFormatError` for bad magic, version, CRCs, truncation or trailing bytes.
+    """
+    h, off = unpack_header(data, limits)
+    mv = memoryview(data)
+    chunks = []
+    for i in range(h.n_chunks):
+        if len(mv) - off < CHUNK_STRUCT.size:
+            raise BSQFormatError(f"truncated .bsq file (chunk {i} of {h.n_chunks} missing)")
+        n, crc, tcrc = CHUNK_STRUCT.unpack_from(mv, off)
+        off += CHUNK_STRUCT.size
+        if n > len(mv) - off:
+            raise BSQFormatError(f"truncated .bsq file (chunk {i} declares {n} bytes, {len(mv) - off} left)")
+        payload = mv[off : off + n]
+        off += n
+        if chunk_crc(i, payload) != crc:
+            raise BSQFormatError(f"corrupt .bsq file (chunk {i} CRC mismatch)")
+        chunks.append((payload, tcrc))
+    if off != len(mv):
+        raise BSQFormatError(f"corrupt .bsq file ({len(mv) - off} unexpected bytes after the last chunk)")
+    return h, chunks

@@ -1,0 +1,447 @@
+"""Priors over BSQ tokens: the probability models that the range coder turns into bits.
+
+A token of ``L`` bits is factorised into ``G = L / g`` groups of ``g`` bits (channel 0 = most
+significant bit first, as in :mod:`bsqvit.quantizers`): group ``k`` holds bits ``k*g .. k*g+g-1``
+and is predicted by a ``2^g``-way softmax conditioned on the transformer's output at the
+token's position *and on the groups 0..k-1 of the same token*. ``g = L`` is one softmax over the
+whole codebook (only for small L), ``g = 1`` is bit by bit.
+
+Two kinds (``PriorConfig.kind``):
+
+* ``ar`` -- a causal transformer over the tokens of a tile in raster order. Decoding is stepwise
+  with a key/value cache (:meth:`TokenPrior.ar_init` / :meth:`TokenPrior.ar_step`).
+* ``parallel`` -- a bidirectional transformer conditioned on the tokens already decoded. A fixed,
+  deterministic schedule assigns every position to one of ``S`` passes (:func:`pass_map`); pass
+  ``s`` predicts all of its positions at once from the tokens of passes ``< s``. Only decoded and
+  current positions enter the transformer (:meth:`TokenPrior.parallel_features`).
+
+Large token grids are cut into tiles of at most ``PriorConfig.tile`` tokens (:func:`tile_layout`),
+coded independently (in lockstep batches); positions are learned row + column embeddings.
+
+Video (``PriorConfig.video``): every frame is conditioned on the previous frame's tokens (the
+previous frame block of a block-causal tokenizer with 1-frame blocks): their embeddings, passed
+through a 3x3 convolution, are added to the input at every position of the same tile. The first
+frame (and images) use a learned "no previous frame" vector instead.
+
+Priors are saved like models: ``save_pretrained(dir)`` writes ``config.json`` +
+``model.safetensors``, ``TokenPrior.from_pretrained(dir)`` reads them (strict config).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from torch import Tensor
+
+from ..config import ConfigError, from_dict, to_dict
+
+PRIOR_KINDS = ("ar", "parallel")
+SCHEDULES = ("quadtree", "random")
+
+
+@dataclass
+class PriorConfig:
+    """Architecture of a token prior (see the module docstring)."""
+
+    kind: str = "ar"  # ar | parallel
+    bits: int = 18  # L: bits per token of the tokenizer
+    group_bits: int = 9  # g: bits per group (divides L)
+    width: int = 256
+    layers: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    tile: list[int] = field(default_factory=lambda: [32, 32])  # largest tile (tokens): rows, cols
+    passes: int = 9  # parallel: number of passes S
+    schedule: str = "quadtree"  # parallel: quadtree (S odd) | random (fixed hash order, cosine sizes)
+    video: bool = False  # condition every frame on the previous frame's tokens
+    tokenizer_hash: str | None = None  # the tokenizer the prior was trained for (informational)
+
+    def __post_init__(self):
+        if self.kind not in PRIOR_KINDS:
+            raise ConfigError(f"prior kind must be one of {PRIOR_KINDS}, got {self.kind!r}")
+        if not (1 <= self.bits <= 63):
+            raise ConfigError(f"prior bits must be in 1..63, got {self.bits}")
+        if self.group_bits < 1 or self.bits % self.group_bits or self.group_bits > 16:
+            raise ConfigError(f"group_bits {self.group_bits} must divide bits {self.bits} and be <= 16")
+        if isinstance(self.tile, int):
+            self.tile = [self.tile, self.tile]
+        self.tile = list(self.tile)
+        if len(self.tile) != 2 or min(self.tile) < 1 or max(self.tile) > 1024:
+            raise ConfigError(f"tile must be [rows, cols] in 1..1024, got {self.tile}")
+        if self.width % self.heads:
+            raise ConfigError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not (1 <= self.passes <= 64):
+            raise ConfigError(f"passes must be in 1..64, got {self.passes}")
+        if self.kind == "parallel" and self.schedule == "quadtree" and self.passes % 2 == 0:
+            raise ConfigError(f"the quadtree schedule needs an odd number of passes (1 + 2 per level), got {self.passes}")
+
+    @property
+    def groups(self) -> int:
+        return self.bits // self.group_bits
+
+
+# ---- tiles and schedules ---------------------------------------------------------------------------
+def split_even(n: int, most: int) -> list[int]:
+    """Split ``n`` into ``ceil(n / most)`` parts as equal as possible (larger parts first)."""
+    k = -(-n // most)
+    return [n // k + (1 if i < n % k else 0) for i in range(k)]
+
+
+def tile_layout(h: int, w: int, tile: tuple[int, int] | list[int]) -> list[tuple[int, int, int, int]]:
+    """Tiles ``(row0, col0, rows, cols)`` covering an ``h x w`` token grid, raster order."""
+    out, r0 = [], 0
+    for th in split_even(h, tile[0]):
+        c0 = 0
+        for tw in split_even(w, tile[1]):
+            out.append((r0, c0, th, tw))
+            c0 += tw
+        r0 += th
+    return out
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = (x + np.uint64(0x9E3779B97F4A7C15)).astype(np.uint64)
+    x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)).astype(np.uint64)
+    x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)).astype(np.uint64)
+    return x ^ (x >> np.uint64(31))
+
+
+def pass_map(rows: int, cols: int, passes: int, schedule: str) -> np.ndarray:
+    """Pass index (int64, ``0 .. passes-1``) of every position of a ``rows x cols`` tile.
+
+    The pass of a position depends only on its (row, col) inside the tile, never on the tile
+    size, the data or a random generator, so encoder and decoder agree by construction.
+
+    * ``quadtree``, ``S = 1 + 2K``: pass 0 is the lattice of stride ``2^K``; then for strides
+      ``s = 2^(K-1) .. 1`` the centres (odd, odd multiples of ``s``), then the edge midpoints
+      (one odd, one even multiple). ``S = 3`` is (even, even), (odd, odd), the rest.
+    * ``random``: a fixed integer hash of (row, col) orders the positions; pass sizes follow
+      MaskGIT's cosine schedule (few tokens first, many at the end).
+    """
+    r = np.arange(rows, dtype=np.int64)[:, None].repeat(cols, 1)
+    c = np.arange(cols, dtype=np.int64)[None, :].repeat(rows, 0)
+    if passes == 1:
+        return np.zeros((rows, cols), np.int64)
+    if schedule == "quadtree":
+        K = (passes - 1) // 2
+        out = np.zeros((rows, cols), np.int64)
+        done = (r % (1 << K) == 0) & (c % (1 << K) == 0)
+        for level, j in enumerate(range(K - 1, -1, -1)):
+            s = 1 << j
+            on = (r % s == 0) & (c % s == 0) & ~done
+            centre = on & ((r // s) % 2 == 1) & ((c // s) % 2 == 1)
+            out[centre] = 1 + 2 * level
+            out[on & ~centre] = 2 + 2 * level
+            done |= on
+        return out
+    if schedule == "random":
+        key = (r.astype(np.uint64) << np.uint64(32)) | c.astype(np.uint64)
+        u = (_splitmix64(key) >> np.uint64(11)).astype(np.float64) / float(1 << 53)  # [0, 1)
+        # cumulative fraction decoded after pass s: 1 - cos(pi/2 * (s+1)/S)  (MaskGIT's schedule)
+        cum = [1 - math.cos(math.pi / 2 * (s + 1) / passes) for s in range(passes)]
+        cum[-1] = 1.0
+        return np.searchsorted(np.asarray(cum), u, side="right").astype(np.int64).clip(0, passes - 1)
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+# ---- token <-> groups -----------------------------------------------------------------------------
+def split_groups(tokens: Tensor, bits: int, group_bits: int) -> Tensor:
+    """int64 tokens (...) -> group indices (..., G), group 0 = the most significant bits."""
+    G = bits // group_bits
+    shifts = torch.arange(G - 1, -1, -1, device=tokens.device, dtype=torch.int64) * group_bits
+    return (tokens.unsqueeze(-1) >> shifts) & ((1 << group_bits) - 1)
+
+
+def join_groups(groups: Tensor, bits: int, group_bits: int) -> Tensor:
+    G = bits // group_bits
+    shifts = torch.arange(G - 1, -1, -1, device=groups.device, dtype=torch.int64) * group_bits
+    return (groups.to(torch.int64) << shifts).sum(-1)
+
+
+# ---- the network ----------------------------------------------------------------------------------
+class Block(nn.Module):
+    """Pre-LN transformer block with a step mode (one new position, key/value cache)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ln2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def _qkv(self, x: Tensor):
+        B, N, D = x.shape
+        return self.qkv(self.ln1(x)).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def _out(self, x: Tensor, y: Tensor) -> Tensor:
+        B, N, D = x.shape
+        x = x + self.proj(y.transpose(1, 2).reshape(B, N, D))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+    def forward(self, x: Tensor, causal: bool = False, mask: Tensor | None = None) -> Tensor:
+        q, k, v = self._qkv(x)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
+        return self._out(x, y)
+
+    def step(self, x: Tensor, cache: Tensor, t: int) -> Tensor:
+        """``x``: (B, 1, D) at position ``t``; ``cache``: (2, B, heads, N, head_dim), filled in place."""
+        q, k, v = self._qkv(x)
+        cache[0, :, :, t : t + 1] = k
+        cache[1, :, :, t : t + 1] = v
+        y = F.scaled_dot_product_attention(q, cache[0, :, :, : t + 1], cache[1, :, :, : t + 1])
+        return self._out(x, y)
+
+
+class GroupHead(nn.Module):
+    """Logits of group k from the position's feature and the groups 0..k-1 of the same token."""
+
+    def __init__(self, dim: int, k: int, group_bits: int):
+        super().__init__()
+        n = 1 << group_bits
+        self.prev = nn.ModuleList(nn.Embedding(n, dim) for _ in range(k))
+        self.ln = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, dim)
+        self.fc2 = nn.Linear(dim, n)
+
+    def forward(self, h: Tensor, prev_groups: Tensor | None) -> Tensor:
+        if len(self.prev):
+            for j, emb in enumerate(self.prev):
+                h = h + emb(prev_groups[..., j])
+        return self.fc2(F.gelu(self.fc1(self.ln(h))))
+
+
+class TokenPrior(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="bsqvit",
+    tags=["bsq", "token-prior", "compression"],
+):
+    """A probability model over BSQ token grids (see the module docstring)."""
+
+    def __init__(self, config: PriorConfig | dict | None = None, **overrides):
+        super().__init__()
+        if config is None:
+            config = PriorConfig()
+        if isinstance(config, dict):
+            config = from_dict(PriorConfig, config)
+        if overrides:
+            config = from_dict(PriorConfig, {**to_dict(config), **overrides})
+        self.config = c = config
+        self._hub_mixin_config = to_dict(c)
+        D, n = c.width, 1 << c.group_bits
+        self.tok_emb = nn.ModuleList(nn.Embedding(n, D) for _ in range(c.groups))
+        self.row_emb = nn.Embedding(c.tile[0], D)
+        self.col_emb = nn.Embedding(c.tile[1], D)
+        self.start = nn.Parameter(torch.zeros(D))  # ar: input of the first position; parallel: [MASK]
+        if c.video:
+            self.prev_conv = nn.Conv2d(D, D, 3, padding=1)
+            self.no_prev = nn.Parameter(torch.zeros(D))
+        self.blocks = nn.ModuleList(Block(D, c.heads, c.mlp_ratio) for _ in range(c.layers))
+        self.ln_f = nn.LayerNorm(D)
+        self.heads = nn.ModuleList(GroupHead(D, k, c.group_bits) for k in range(c.groups))
+        self._init()
+
+    def _init(self):
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+        nn.init.normal_(self.start, std=0.02)
+        for blk in self.blocks:  # scaled residual branches (GPT-2)
+            nn.init.trunc_normal_(blk.proj.weight, std=0.02 / math.sqrt(2 * self.config.layers))
+            nn.init.trunc_normal_(blk.fc2.weight, std=0.02 / math.sqrt(2 * self.config.layers))
+
+    # ---- persistence --------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *, map_location="cpu", strict: bool = True,
+                        **hub_kwargs) -> "TokenPrior":
+        """Load ``config.json`` + ``model.safetensors`` (strict config and tensors)."""
+        from ..models.io import load_pretrained
+
+        return load_pretrained(cls, pretrained_model_name_or_path, map_location=map_location, strict=strict,
+                               **hub_kwargs)
+
+    def weights_hash(self) -> str:
+        """SHA-256 over the config and the tensors (cached against the parameters' versions)."""
+        versions = tuple(p._version for p in self.parameters())
+        cached = getattr(self, "_weights_hash_cache", None)
+        if cached is not None and cached[0] == versions:
+            return cached[1]
+        h = hashlib.sha256(json.dumps(to_dict(self.config), sort_keys=True).encode())
+        for name, t in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        digest = h.hexdigest()
+        self._weights_hash_cache = (versions, digest)
+        return digest
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- shared pieces --------------------------------------------------------------------------
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        """int64 tokens (...) -> (..., D): the sum of the group embeddings."""
+        c = self.config
+        g = split_groups(tokens, c.bits, c.group_bits)
+        out = self.tok_emb[0](g[..., 0])
+        for k in range(1, c.groups):
+            out = out + self.tok_emb[k](g[..., k])
+        return out
+
+    def positions(self, rows: Tensor, cols: Tensor) -> Tensor:
+        return self.row_emb(rows) + self.col_emb(cols)
+
+    def grid_positions(self, h: int, w: int) -> Tensor:
+        """(h*w, D) position embeddings of an h x w tile in raster order."""
+        dev = self.row_emb.weight.device
+        r = torch.arange(h, device=dev).repeat_interleave(w)
+        c = torch.arange(w, device=dev).repeat(h)
+        return self.positions(r, c)
+
+    def condition(self, prev: Tensor | None, valid: Tensor | None, batch: int, h: int, w: int) -> Tensor | None:
+        """Video conditioning (B, h*w, D) from the previous frame's tile tokens (B, h, w), or None.
+
+        ``valid`` (B, h, w) bool marks real positions of padded tiles: padding embeds to zero, which
+        is what the convolution's own zero padding sees at a tile's border. ``prev=None``: no
+        previous frame (first frame, images) -> the learned ``no_prev`` vector.
+        """
+        if not self.config.video:
+            return None
+        D = self.config.width
+        if prev is None:
+            return self.no_prev.view(1, 1, D).expand(batch, h * w, D)
+        e = self.embed_tokens(prev)  # (B, h, w, D)
+        if valid is not None:
+            e = e * valid.unsqueeze(-1).to(e.dtype)
+        cond = self.prev_conv(e.permute(0, 3, 1, 2))  # (B, D, h, w)
+        return cond.flatten(2).transpose(1, 2)
+
+    def group_logits(self, h: Tensor, k: int, prev_groups: Tensor | None) -> Tensor:
+        """Logits (..., 2^g) of group ``k`` from features ``h`` (..., D) and groups (..., k)."""
+        return self.heads[k](h, prev_groups)
+
+    def all_group_logits(self, h: Tensor, tokens: Tensor) -> list[Tensor]:
+        """Teacher-forced logits of every group (training)."""
+        c = self.config
+        g = split_groups(tokens, c.bits, c.group_bits)
+        return [self.heads[k](h, g[..., :k] if k else None) for k in range(c.groups)]
+
+    # ---- training forward -----------------------------------------------------------------------
+    def forward(self, tokens: Tensor, prev: Tensor | None = None, pass_index: int | None = None) -> Tensor:
+        """Teacher-forced negative log2-likelihood (bits) of the positions a coder would code.
+
+        ``tokens``: full tiles (B, h, w); ``prev``: previous-frame tokens (B, h, w) or None.
+        ``ar``: every position, causal over the raster order -> (B, h*w).
+        ``parallel``: the positions of pass ``pass_index`` of the schedule, given the tokens of
+        the earlier passes -> (B, M) (see :meth:`parallel_features`).
+        """
+        B, h, w = tokens.shape
+        c = self.config
+        flat = tokens.reshape(B, h * w)
+        cond = self.condition(prev, None, B, h, w)
+        if c.kind == "ar":
+            emb = self.embed_tokens(flat[:, :-1])
+            x = torch.cat([self.start.view(1, 1, -1).expand(B, 1, -1), emb], 1) + self.grid_positions(h, w).unsqueeze(0)
+            if cond is not None:
+                x = x + cond
+            for blk in self.blocks:
+                x = blk(x, causal=True)
+            feats, targets = self.ln_f(x), flat
+        else:
+            if pass_index is None:
+                raise ValueError("the parallel prior needs `pass_index`")
+            pm = torch.from_numpy(pass_map(h, w, c.passes, c.schedule)).reshape(-1).to(tokens.device)
+            seq = torch.nonzero(pm <= pass_index).squeeze(1)  # positions in the input, raster order
+            rows, cols = seq // w, seq % w
+            vis = (pm[seq] < pass_index).unsqueeze(0).expand(B, -1)
+            cond_s = cond[:, seq] if cond is not None else None
+            feats = self.parallel_features(flat[:, seq], rows.expand(B, -1), cols.expand(B, -1), vis, None, cond_s)
+            tgt = pm[seq] == pass_index
+            feats, targets = feats[:, tgt], flat[:, seq[tgt]]
+        logits = self.all_group_logits(feats, targets)
+        g = split_groups(targets, c.bits, c.group_bits)
+        nll = sum(F.cross_entropy(lg.reshape(-1, lg.shape[-1]), g[..., k].reshape(-1), reduction="none")
+                  for k, lg in enumerate(logits))
+        return nll.view(B, -1) / math.log(2)
+
+    # ---- stepwise decoding (ar) -----------------------------------------------------------------
+    def ar_init(self, shapes: list[tuple[int, int]], prev: Tensor | None) -> dict:
+        """State for lockstep decoding of a batch of tiles of the given (rows, cols).
+
+        ``prev``: (B, th, tw) previous-frame tokens padded to the prior's tile (or None).
+        """
+        c = self.config
+        B, dev = len(shapes), self.start.device
+        th, tw = c.tile
+        N = max(r * q for r, q in shapes)
+        cache = torch.zeros(c.layers, 2, B, c.heads, N, c.width // c.heads, device=dev)
+        valid = None
+        if prev is not None:
+            valid = torch.zeros(B, th, tw, dtype=torch.bool, device=dev)
+            for b, (r, q) in enumerate(shapes):
+                valid[b, :r, :q] = True
+        cond = self.condition(prev, valid, B, th, tw)  # (B, th*tw, D) in the padded layout
+        return {"shapes": shapes, "cache": cache, "cond": cond, "N": N}
+
+    def ar_step(self, state: dict, t: int, prev_tokens: Tensor) -> Tensor:
+        """Feature (B, D) of position ``t`` of every tile, given the tokens at ``t-1`` (B,).
+
+        Tiles shorter than ``t`` compute on placeholders (position 0, whatever token is given);
+        their outputs are ignored by the caller.
+        """
+        c = self.config
+        shapes = state["shapes"]
+        B, dev = len(shapes), self.start.device
+        rc = [divmod(t, q) if t < r * q else (0, 0) for r, q in shapes]
+        rows = torch.tensor([a for a, _ in rc], device=dev)
+        cols = torch.tensor([b for _, b in rc], device=dev)
+        if t == 0:
+            x = self.start.view(1, -1).expand(B, -1)
+        else:
+            x = self.embed_tokens(prev_tokens)
+        x = x + self.positions(rows, cols)
+        if state["cond"] is not None:  # (B, th*tw, D) in the padded tile layout
+            x = x + state["cond"][torch.arange(B, device=dev), rows * c.tile[1] + cols]
+        x = x.unsqueeze(1)
+        for i, blk in enumerate(self.blocks):
+            x = blk.step(x, state["cache"][i], t)
+        return self.ln_f(x[:, 0])
+
+    # ---- one pass (parallel) ----------------------------------------------------------------------
+    def parallel_features(self, tokens: Tensor, rows: Tensor, cols: Tensor, visible: Tensor,
+                          valid: Tensor | None, cond: Tensor | None) -> Tensor:
+        """Features (B, n, D) of a pass: a bidirectional transformer over the sequence of the
+        positions decoded so far (``visible``: their tokens are embedded) and the positions of the
+        current pass (``visible`` False: the mask vector). All inputs are (B, n) except ``cond``
+        (B, n, D). ``valid`` (B, n) marks real entries of padded sequences (None: all real);
+        padding is never attended to. Only these positions enter the transformer, so a pass
+        costs in proportion to the tokens decoded so far (about 2 full passes in all for the
+        quadtree schedule).
+        """
+        emb = self.embed_tokens(tokens)
+        x = torch.where(visible.unsqueeze(-1), emb, self.start.view(1, 1, -1)) + self.positions(rows, cols)
+        if cond is not None:
+            x = x + cond
+        mask = None
+        if valid is not None and not bool(valid.all()):
+            mask = valid[:, None, None, :]
+        for blk in self.blocks:
+            x = blk(x, mask=mask)
+        return self.ln_f(x)

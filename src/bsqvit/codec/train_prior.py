@@ -1,0 +1,422 @@
+"""``bsqvit train-prior``: train a :class:`~bsqvit.codec.prior.TokenPrior` on a tokenizer's tokens.
+
+1. **Tokens.** Random crops (native resolution, ``data.crop`` pixels, ``data.crops_per_image``
+   per image, positions a function of (seed, image, crop)) of the training images are tokenized
+   once with the tokenizer and cached in ``OUTPUT_DIR/tokens/`` under a key of (tokenizer hash,
+   file list, crop settings). Video sources (``data.video``) give pairs of consecutive frames
+   (same crop) for priors conditioned on the previous frame. A fraction of the crops is held out
+   for validation.
+2. **Training.** AdamW, linear warm-up then half-cosine (:func:`bsqvit.train.trainer.warmup_cosine`),
+   gradient clipping, crash-safe checkpoints (:mod:`bsqvit.train.checkpoint`: ``checkpoints/last``
+   is valid at every instant, ``--resume`` continues bit-exactly on CPU since batches are a
+   function of (seed, step)), tqdm, TensorBoard (``tb/``), ``log.jsonl`` / ``eval.jsonl``.
+   The loss is the negative log2-likelihood in bits per token. ``ar``: every position, teacher
+   forced. ``parallel``: each item of a batch is assigned one pass ``s`` of the fixed schedule
+   and trained on exactly what the coder will do at that pass (positions of pass ``s`` given
+   those of passes ``< s``); per pass the sum over its positions is averaged, and the passes are
+   added up, so the loss estimates the coded bits per token.
+3. **Export.** ``OUTPUT_DIR/prior/`` (``config.json`` + ``model.safetensors``) at every
+   evaluation and at the end, atomically. Validation reports the exact expected code length of
+   the fixed schedule (all passes, every validation tile).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import ConfigError, from_dict, load_yaml, parse_overrides, set_by_path, to_dict
+from ..io import InputError
+from .prior import PriorConfig, TokenPrior
+
+log = logging.getLogger("bsqvit.codec.train_prior")
+
+
+@dataclass
+class PriorDataConfig:
+    train: list[str] = field(default_factory=lambda: ["../shared/data/train/bsds500"])
+    video: list[str] = field(default_factory=list)  # video files or frame folders (for video priors)
+    crop: int = 256  # pixels (a multiple of the tokenizer's patch, >= tile * patch)
+    crops_per_image: int = 2
+    pairs_per_video: int = 32  # pairs of consecutive frames per video source ...
+    pair_stride: int = 6  # ... starting every pair_stride frames
+    video_fraction: float = 0.5  # share of batches made of video pairs (when there are any)
+    val_fraction: float = 0.05
+    limit: int | None = None  # at most this many images
+    encode_batch: int = 16
+
+
+@dataclass
+class PriorOptimConfig:
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    warmup_start: float = 0.01
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass
+class PriorTrainConfig:
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    data: PriorDataConfig = field(default_factory=PriorDataConfig)
+    optim: PriorOptimConfig = field(default_factory=PriorOptimConfig)
+    batch_size: int = 16
+    steps: int = 2000
+    seed: int = 0
+    threads: int | None = None
+    log_every: int = 20
+    eval_every: int = 250
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.steps < 1:
+            raise ConfigError("batch_size and steps must be >= 1")
+        if not (0 <= self.data.val_fraction < 1):
+            raise ConfigError("data.val_fraction must be in [0, 1)")
+
+
+def load_prior_train_config(path, overrides: list[str] | None = None) -> PriorTrainConfig:
+    data = load_yaml(path)
+    for key, value in parse_overrides(overrides or []):
+        set_by_path(data, key, value)
+    prior = data.get("prior") or {}
+    if not isinstance(prior, dict):
+        raise ConfigError("prior: expected a mapping")
+    data["prior"] = prior
+    return from_dict(PriorTrainConfig, data)
+
+
+# ---- token extraction ------------------------------------------------------------------------------
+def _crop_positions(seed: int, index: int, n: int, H: int, W: int, crop: int) -> list[tuple[int, int]]:
+    rng = np.random.default_rng([seed, index])
+    return [(int(rng.integers(0, H - crop + 1)), int(rng.integers(0, W - crop + 1))) for _ in range(n)]
+
+
+def _encode_batches(model, crops: list[np.ndarray], batch: int) -> np.ndarray:
+    """uint8 crops (H, W, 3) or clips (T, H, W, 3) -> int64 tokens."""
+    from ..cli import encode_frames
+    from ..io import from_uint8
+
+    out = []
+    for i in range(0, len(crops), batch):
+        chunk = crops[i : i + batch]
+        if chunk[0].ndim == 3:
+            x = torch.stack([from_uint8(c) for c in chunk])
+            out.append(model.encode(x).numpy())
+        else:
+            out.append(np.stack([encode_frames(model, from_uint8(c)).numpy() for c in chunk]))
+    return np.concatenate(out) if out else np.zeros((0,), np.int64)
+
+
+def _video_sources(paths: list[str]) -> list[Path]:
+    from ..io import is_video_path
+
+    out = []
+    for p in map(Path, paths):
+        if p.is_file() and is_video_path(p):
+            out.append(p)
+        elif p.is_dir():
+            subdirs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+            files = sorted(f for f in p.iterdir() if f.is_file() and is_video_path(f))
+            out.extend(files)
+            # a folder of frames is a source; a folder of folders holds sources
+            if not files and not subdirs:
+                out.append(p)
+            out.extend(_video_sources([str(d) for d in subdirs]))
+        else:
+            raise ConfigError(f"video source not found: {p}")
+    return out
+
+
+def _iter_source_frames(src: Path):
+    from PIL import Image
+
+    from ..data.images import find_images
+    from ..io import iter_video_frames
+
+    if src.is_dir():
+        for f in find_images(src):
+            with Image.open(f) as im:
+                yield np.asarray(im.convert("RGB"))
+    else:
+        yield from iter_video_frames(src)
+
+
+def _video_pairs(src: Path, pairs: int, stride: int, crop: int, seed: int, j: int) -> list[np.ndarray]:
+    """Crops (2, crop, crop, 3) of frames (i, i+1) for i = 0, stride, 2*stride, ...; streamed, so
+    only the crops are kept in memory."""
+    out, cur, pos = [], None, None
+    for i, f in enumerate(_iter_source_frames(src)):
+        if min(f.shape[:2]) < crop:
+            return []
+        if i % stride == 0:
+            top, left = _crop_positions(seed, 1_000_000 + 10_000 * j + i // stride, 1, *f.shape[:2], crop)[0]
+            pos, cur = (top, left), [f[top : top + crop, left : left + crop]]
+        elif i % stride == 1 and cur is not None:
+            top, left = pos
+            out.append(np.stack([cur[0], f[top : top + crop, left : left + crop]]))
+            cur = None
+            if len(out) >= pairs:
+                break
+    return out
+
+
+def extract_tokens(model, cfg: PriorTrainConfig, cache_dir: Path, progress: bool = True) -> dict:
+    """Tokens of the training crops, cached: ``{"images": (N, h, w), "pairs": (M, 2, h, w)}``."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from ..data.images import find_images
+
+    d = cfg.data
+    p = model.patch_size
+    if d.crop % p:
+        raise ConfigError(f"data.crop {d.crop} is not a multiple of the patch size {p}")
+    files = find_images(d.train) if d.train else []
+    if d.limit is not None:
+        files = files[: d.limit]
+    videos = _video_sources(d.video) if d.video else []
+    key = hashlib.sha256(json.dumps({
+        "tokenizer": model.weights_hash(), "files": files, "videos": [str(v) for v in videos], "crop": d.crop,
+        "crops": d.crops_per_image, "pairs": d.pairs_per_video, "stride": d.pair_stride, "seed": cfg.seed, "v": 1,
+    }, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir / f"tokens-{key}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return {"images": z["images"], "pairs": z["pairs"]}
+    images, crops = [], []
+    for i, f in enumerate(tqdm(files, desc="tokenize", disable=not progress, dynamic_ncols=True)):
+        try:
+            with Image.open(f) as im:
+                a = np.asarray(im.convert("RGB"))
+        except Exception as e:  # unreadable files are skipped, as in training
+            log.warning("skipping %s (%s)", f, type(e).__name__)
+            continue
+        H, W = a.shape[:2]
+        if min(H, W) < d.crop:
+            continue
+        for top, left in _crop_positions(cfg.seed, i, d.crops_per_image, H, W, d.crop):
+            crops.append(np.ascontiguousarray(a[top : top + d.crop, left : left + d.crop]))
+        if len(crops) >= 256:
+            images.append(_encode_batches(model, crops, d.encode_batch))
+            crops = []
+    if crops:
+        images.append(_encode_batches(model, crops, d.encode_batch))
+    g = d.crop // p
+    img_tokens = np.concatenate(images) if images else np.zeros((0, g, g), np.int64)
+    pairs = []
+    for j, src in enumerate(tqdm(videos, desc="tokenize video", disable=not progress or not videos, dynamic_ncols=True)):
+        try:
+            clips = _video_pairs(src, d.pairs_per_video, d.pair_stride, d.crop, cfg.seed, j)
+        except (InputError, OSError) as e:  # an undecodable source is skipped, as in training
+            log.warning("skipping %s (%s)", src, e)
+            continue
+        if clips:
+            pairs.append(_encode_batches(model, clips, d.encode_batch).reshape(-1, 2, g, g))
+    pair_tokens = np.concatenate(pairs) if pairs else np.zeros((0, 2, g, g), np.int64)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    from ..io import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, images=img_tokens, pairs=pair_tokens)
+    return {"images": img_tokens, "pairs": pair_tokens}
+
+
+def split_val(n: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng([seed, 7]).permutation(n)
+    k = int(round(n * frac)) if n > 1 else 0
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+# ---- the loss ------------------------------------------------------------------------------------------
+def prior_loss(prior: TokenPrior, tokens: torch.Tensor, prev: torch.Tensor | None, step: int) -> torch.Tensor:
+    """Estimated coded bits per token of a batch of tiles (see the module docstring)."""
+    c = prior.config
+    N = tokens.shape[1] * tokens.shape[2]
+    if c.kind == "ar":
+        return prior(tokens, prev).mean()
+    S = c.passes
+    passes = [(b + step) % S for b in range(tokens.shape[0])]
+    total, present = 0.0, 0
+    for s in sorted(set(passes)):
+        idx = torch.tensor([b for b, q in enumerate(passes) if q == s])
+        nll = prior(tokens[idx], prev[idx] if prev is not None else None, pass_index=s)
+        total = total + nll.sum(1).mean()
+        present += 1
+    return total * (S / present) / N
+
+
+@torch.no_grad()
+def expected_bits(prior: TokenPrior, tokens: torch.Tensor, prev: torch.Tensor | None, batch: int = 32) -> float:
+    """Exact expected code length (bits per token) of the tiles under the fixed schedule."""
+    c = prior.config
+    total, n = 0.0, 0
+    for i in range(0, tokens.shape[0], batch):
+        t = tokens[i : i + batch]
+        pv = prev[i : i + batch] if prev is not None else None
+        if c.kind == "ar":
+            total += float(prior(t, pv).sum())
+        else:
+            total += sum(float(prior(t, pv, pass_index=s).sum()) for s in range(c.passes))
+        n += t.numel()
+    return total / max(n, 1)
+
+
+# ---- training --------------------------------------------------------------------------------------------
+def _windows(tokens: np.ndarray, idx: np.ndarray, tile, gen: torch.Generator) -> np.ndarray:
+    """Random tile-sized windows of the selected token grids (..., h, w)."""
+    h, w = tokens.shape[-2:]
+    th, tw = tile
+    out = []
+    for i in idx:
+        r = int(torch.randint(0, h - th + 1, (1,), generator=gen))
+        q = int(torch.randint(0, w - tw + 1, (1,), generator=gen))
+        out.append(tokens[i, ..., r : r + th, q : q + tw])
+    return np.stack(out)
+
+
+def train_prior(cfg: PriorTrainConfig, tokenizer_dir, output_dir, resume: bool = False,
+                max_steps: int | None = None, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    from ..models import BSQViT
+    from ..train import checkpoint as ckpt
+    from ..train.trainer import warmup_cosine
+
+    out = Path(output_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model = BSQViT.from_pretrained(str(tokenizer_dir)).eval()
+    L = max(1, math.ceil(math.log2(model.quantizer.codebook_size)))
+    pc = from_dict(PriorConfig, {**to_dict(cfg.prior), "bits": L, "tokenizer_hash": model.weights_hash()})
+    th, tw = pc.tile
+    g = cfg.data.crop // model.patch_size
+    if g < max(th, tw):
+        raise ConfigError(f"data.crop {cfg.data.crop} gives {g}x{g} tokens, smaller than the tile {pc.tile}")
+    out.mkdir(parents=True, exist_ok=True)
+    toks = extract_tokens(model, cfg, out / "tokens", progress=progress)
+    del model
+    images, pairs = toks["images"], toks["pairs"]
+    if len(images) + len(pairs) == 0:
+        raise ConfigError("no training crops (images smaller than data.crop, or no files)")
+    if len(pairs) and not pc.video:
+        raise ConfigError("data.video is set but prior.video is false")
+    tr_i, va_i = split_val(len(images), cfg.data.val_fraction, cfg.seed)
+    tr_p, va_p = split_val(len(pairs), cfg.data.val_fraction, cfg.seed)
+    if len(tr_i) + len(tr_p) == 0:
+        raise ConfigError("no training crops left after the validation split")
+
+    torch.manual_seed(cfg.seed)
+    prior = TokenPrior(pc)
+    o = cfg.optim
+    decay = [p for n, p in prior.named_parameters() if p.ndim >= 2 and "emb" not in n]
+    other = [p for n, p in prior.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": other, "weight_decay": 0.0}],
+                            lr=o.lr, betas=tuple(o.betas))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, o.warmup_steps, cfg.steps, o.warmup_start, o.min_lr_ratio))
+    step = 0
+    ckpt_dir = out / "checkpoints"
+    if resume:
+        last = ckpt.find_last(ckpt_dir)
+        if last is None:
+            raise ConfigError(f"--resume: no checkpoint in {ckpt_dir}")
+        state = ckpt.load_checkpoint(last)
+        prior.load_state_dict(state["prior"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        ckpt.set_rng_state(state["rng"])
+    (out / "config.json").write_text(json.dumps({**to_dict(cfg), "prior": to_dict(pc),
+                                                 "tokenizer": str(tokenizer_dir)}, indent=2, sort_keys=True))
+    writer = None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"))
+    except ImportError:  # tensorboard not installed: logs only
+        pass
+
+    val_sets = []
+    if len(va_i):
+        val_sets.append(("images", torch.from_numpy(images[va_i][..., :th, :tw]), None))
+    if len(va_p):
+        vp = torch.from_numpy(pairs[va_p][..., :th, :tw])
+        val_sets.append(("video", vp[:, 1], vp[:, 0]))
+
+    def evaluate() -> dict:
+        prior.eval()
+        res = {f"val_{name}_bits_per_token": expected_bits(prior, t, pv) for name, t, pv in val_sets}
+        prior.train()
+        if res:
+            res["val_bits_per_token"] = float(np.mean(list(res.values())))
+        rec = {"step": step, "raw_bits": L, **res}
+        with open(out / "eval.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if writer:
+            for k, v in res.items():
+                writer.add_scalar(f"eval/{k}", v, step)
+        ckpt.export_model(prior, out / "prior")
+        return rec
+
+    stop = min(cfg.steps, max_steps) if max_steps is not None else cfg.steps
+    prior.train()
+    bar = tqdm(total=stop, initial=step, disable=not progress, dynamic_ncols=True, desc="train-prior")
+    last_eval: dict = {"step": step, "raw_bits": L}
+    t_last = time.time()
+    while step < stop:
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        use_video = len(tr_p) > 0 and (len(tr_i) == 0 or float(torch.rand((), generator=gen)) < cfg.data.video_fraction)
+        if use_video:
+            sel = tr_p[torch.randint(0, len(tr_p), (cfg.batch_size,), generator=gen).numpy()]
+            w = torch.from_numpy(_windows(pairs, sel, pc.tile, gen))
+            tokens, prev = w[:, 1], w[:, 0]
+        else:
+            sel = tr_i[torch.randint(0, len(tr_i), (cfg.batch_size,), generator=gen).numpy()]
+            tokens, prev = torch.from_numpy(_windows(images, sel, pc.tile, gen)), None
+        loss = prior_loss(prior, tokens, prev, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(prior.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf"))
+        opt.step()
+        sched.step()
+        step += 1
+        lv = loss.item()
+        if not math.isfinite(lv):
+            raise FloatingPointError(f"non-finite loss at step {step}")
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == stop:
+            dt = time.time() - t_last
+            t_last = time.time()
+            rec = {"step": step, "bits_per_token": round(lv, 5), "lr": sched.get_last_lr()[0],
+                   "grad_norm": round(float(gnorm), 4), "video": bool(use_video),
+                   "s_per_step": round(dt / cfg.log_every, 4)}
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if writer:
+                writer.add_scalar("train/bits_per_token", lv, step)
+                writer.add_scalar("train/lr", rec["lr"], step)
+            bar.set_postfix(bits=f"{lv:.3f}")
+        if cfg.checkpoint_every > 0 and (step % cfg.checkpoint_every == 0 or step == stop):
+            ckpt.save_checkpoint({"prior": prior.state_dict(), "optimizer": opt.state_dict(),
+                                  "scheduler": sched.state_dict(), "step": step, "rng": ckpt.rng_state()},
+                                 ckpt_dir, step, keep=cfg.keep_checkpoints)
+        if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step != stop:
+            last_eval = evaluate()
+    bar.close()
+    last_eval = evaluate()
+    if writer:
+        writer.close()
+    return last_eval
