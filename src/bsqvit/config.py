@@ -122,6 +122,17 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
     return obj
 
 
+def resolve_config(cls: type[T], config: Any = None, **overrides) -> T:
+    """A model's config from a dataclass, a dict (parsed strictly) or None, plus overrides."""
+    if config is None:
+        config = cls()
+    elif isinstance(config, dict):
+        config = from_dict(cls, config)
+    if overrides:
+        config = from_dict(cls, {**to_dict(config), **overrides})
+    return config
+
+
 def to_dict(obj: Any) -> dict:
     """Dataclass to a JSON/YAML-ready dict (tuples become lists)."""
 

@@ -257,7 +257,6 @@ def _encode_decode(model, x: torch.Tensor, amp: bool) -> tuple[torch.Tensor, tor
 # ---- metric networks ----------------------------------------------------------------------------
 def _build_lpips(kind: str, dirs: list[str]):
     """(LPIPS module or None, info dict)."""
-    from .metrics.lpips import build_perceptual
     from .nets.backbones import WeightsNotFound
 
     if kind == "none":

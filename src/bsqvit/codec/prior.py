@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor
 
-from ..config import ConfigError, from_dict, to_dict
+from ..config import ConfigError, resolve_config, to_dict
 
 PRIOR_KINDS = ("ar", "parallel")
 SCHEDULES = ("quadtree", "random")
@@ -234,12 +234,7 @@ class TokenPrior(
 
     def __init__(self, config: PriorConfig | dict | None = None, **overrides):
         super().__init__()
-        if config is None:
-            config = PriorConfig()
-        if isinstance(config, dict):
-            config = from_dict(PriorConfig, config)
-        if overrides:
-            config = from_dict(PriorConfig, {**to_dict(config), **overrides})
+        config = resolve_config(PriorConfig, config, **overrides)
         self.config = c = config
         self._hub_mixin_config = to_dict(c)
         D, n = c.width, 1 << c.group_bits

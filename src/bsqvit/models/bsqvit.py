@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor
 
-from ..config import from_dict, to_dict
+from ..config import resolve_config, to_dict
 from ..quantizers import QuantizerConfig, QuantizerOutput, build_quantizer
 from .transformer import MASK_TYPES, ViT, attention_mask, count_flops_per_token, init_linear, patchify, unpatchify
 
@@ -125,12 +125,7 @@ class BSQViT(
 
     def __init__(self, config: BSQViTConfig | dict | None = None, **overrides):
         super().__init__()
-        if config is None:
-            config = BSQViTConfig()
-        if isinstance(config, dict):
-            config = from_dict(BSQViTConfig, config)
-        if overrides:
-            config = from_dict(BSQViTConfig, {**to_dict(config), **overrides})
+        config = resolve_config(BSQViTConfig, config, **overrides)
         self.config = config
         self._hub_mixin_config = to_dict(config)
         L = config.quantizer.dim
