@@ -335,7 +335,7 @@ class Trainer:
                 if self.dist.is_main:
                     self._log(logs)
                     bar.set_postfix(loss=f"{logs['loss']:.4f}", l1=f"{logs['l1']:.4f}", ips=f"{logs['items_per_s']:.1f}")
-                last_logged = logs
+                last_logged = {**logs, "step": self.step}
             bar.update(1)
             if cfg.checkpoint_every > 0 and (self.step % cfg.checkpoint_every == 0 or self.step == self.stop_at):
                 self.save_checkpoint()
