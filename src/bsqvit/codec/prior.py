@@ -29,8 +29,6 @@ Priors are saved like models: ``save_pretrained(dir)`` writes ``config.json`` +
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 
@@ -274,18 +272,9 @@ class TokenPrior(
 
     def weights_hash(self) -> str:
         """SHA-256 over the config and the tensors (cached against the parameters' versions)."""
-        versions = tuple(p._version for p in self.parameters())
-        cached = getattr(self, "_weights_hash_cache", None)
-        if cached is not None and cached[0] == versions:
-            return cached[1]
-        h = hashlib.sha256(json.dumps(to_dict(self.config), sort_keys=True).encode())
-        for name, t in sorted(self.state_dict().items()):
-            h.update(name.encode())
-            h.update(str(tuple(t.shape)).encode())
-            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-        digest = h.hexdigest()
-        self._weights_hash_cache = (versions, digest)
-        return digest
+        from ..models.io import weights_hash
+
+        return weights_hash(self, to_dict(self.config))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from contextlib import nullcontext
@@ -173,19 +172,9 @@ class BSQViT(
         Used by ``tokenize``/``compress`` to refuse tokens made by other weights. Computed once
         and cached against the parameters' versions, so it is recomputed after any update.
         """
-        versions = tuple(p._version for p in self.parameters())
-        cached = getattr(self, "_weights_hash_cache", None)
-        if cached is not None and cached[0] == versions:
-            return cached[1]
-        arch = {k: v for k, v in to_dict(self.config).items() if k not in self._HASH_IGNORED}
-        h = hashlib.sha256(json.dumps(arch, sort_keys=True).encode())
-        for name, t in sorted(self.state_dict().items()):
-            h.update(name.encode())
-            h.update(str(tuple(t.shape)).encode())
-            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-        digest = h.hexdigest()
-        self._weights_hash_cache = (versions, digest)
-        return digest
+        from .io import weights_hash
+
+        return weights_hash(self, {k: v for k, v in to_dict(self.config).items() if k not in self._HASH_IGNORED})
 
     # ---- shapes -----------------------------------------------------------------------------
     @property

@@ -21,6 +21,28 @@ class ModelLoadError(RuntimeError):
     """A model directory or checkpoint is missing, incomplete or does not match its config."""
 
 
+def weights_hash(module: torch.nn.Module, config: dict) -> str:
+    """SHA-256 over ``config`` (JSON) and every tensor: identifies exact weights.
+
+    Cached on the module against the parameters' version counters, so it is recomputed after
+    any in-place update (optimizer step, ``load_state_dict``) and free otherwise.
+    """
+    import hashlib
+
+    versions = tuple(p._version for p in module.parameters())
+    cached = getattr(module, "_weights_hash_cache", None)
+    if cached is not None and cached[0] == versions:
+        return cached[1]
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    digest = h.hexdigest()
+    module._weights_hash_cache = (versions, digest)
+    return digest
+
+
 def resolve_files(model_id: str | Path, **hub_kwargs) -> tuple[Path, Path]:
     """Paths of (config.json, model.safetensors) for a local directory or a Hub repo id."""
     p = Path(model_id)
