@@ -51,15 +51,23 @@ NO_DEFAULT_MODEL = "no --model given and no embedded default model is installed"
 
 
 # ---- shared helpers -----------------------------------------------------------------------------
-def resolve_model(path_or_none: str | os.PathLike | None):
-    """The model for ``--model``: a directory written by ``save_pretrained`` (or a Hub id).
+def default_model_dir() -> Path:
+    """The embedded default tokenizer (verified against its manifest), or an :class:`InputError`."""
+    from .pretrained import default_dir
 
-    ``None`` is the place for an embedded default model; none is installed yet.
-    """
-    if path_or_none is None:
+    d = default_dir("tokenizer")
+    if d is None:
         raise InputError(NO_DEFAULT_MODEL)
+    return d
+
+
+def resolve_model(path_or_none: str | os.PathLike | None):
+    """The model for ``--model``: a directory written by ``save_pretrained`` (or a Hub id);
+    ``None`` is the embedded default (:mod:`bsqvit.pretrained`)."""
     from .models import BSQViT
 
+    if path_or_none is None:
+        path_or_none = default_model_dir()
     model = BSQViT.from_pretrained(str(path_or_none))
     model.eval()
     return model
@@ -653,7 +661,9 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 from .codec.cli import CODEC_COMMANDS  # noqa: E402  compress, decompress, info, train-prior, rd
 
-COMMANDS += CODEC_COMMANDS
+from .generate.cli import GEN_COMMANDS  # noqa: E402  train-gen, generate, eval-gen
+
+COMMANDS += CODEC_COMMANDS + GEN_COMMANDS
 
 EXPECTED_ERRORS = (InputError, ModelLoadError, ConfigError, ValueError, OSError, KeyError)
 

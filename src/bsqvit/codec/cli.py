@@ -19,15 +19,33 @@ def _base():
     return cli
 
 
-def resolve_prior(arg: str | None):
-    """``--prior``: a directory written by ``save_pretrained``, or ``none``/absent for raw tokens."""
-    if arg is None or str(arg).lower() == "none":
-        return None
+def resolve_prior(arg: str | None, model=None):
+    """``--prior``: a directory written by ``save_pretrained``; ``none`` for raw tokens; absent:
+    the embedded default prior when it was trained for ``model`` (else raw)."""
     from .prior import TokenPrior
 
+    if arg is not None and str(arg).lower() == "none":
+        return None
+    if arg is None:
+        from ..pretrained import default_dir
+
+        d = default_dir("prior")
+        if d is None:
+            return None
+        prior = TokenPrior.from_pretrained(str(d)).eval()
+        h = prior.config.tokenizer_hash
+        if model is not None and h is not None and h != model.weights_hash():
+            return None
+        return prior
     prior = TokenPrior.from_pretrained(str(arg))
     prior.eval()
     return prior
+
+
+def _has_default_prior() -> bool:
+    from ..pretrained import available
+
+    return available("prior")
 
 
 def _prior_files(arg) -> list[Path]:
@@ -53,12 +71,12 @@ def add_compress(sub) -> None:
     p = sub.add_parser("compress", help="image or video -> .bsq file (tokens, optional prior + range coding)",
                        description=(
                            "Tokenize IN with the model and write OUT.bsq: raw L-bit token fields "
-                           "(--prior none, the default while no default prior exists) or range-coded "
-                           "with a learned prior (--prior DIR). See docs/CODEC.md."))
+                           "(--prior none) or range-coded with a learned prior (--prior DIR; by default the "
+                           "embedded prior when it matches the tokenizer). See docs/CODEC.md."))
     p.add_argument("input", metavar="IN")
     p.add_argument("output", metavar="OUT.bsq")
     base.add_model_args(p)
-    p.add_argument("--prior", default=None, metavar="DIR|none", help="token prior directory, or none (raw)")
+    p.add_argument("--prior", default=None, metavar="DIR|none", help="token prior directory, or none (raw); default: the embedded prior")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="video: only the first N frames")
     p.add_argument("--prior-threads", type=int, default=None, metavar="N",
                    help="torch threads of the prior, recorded in the file; decoders use the same (default 1)")
@@ -79,7 +97,7 @@ def cmd_compress(args) -> int:
     _positive("--frames-per-chunk", args.frames_per_chunk, 4096)
     base.setup_torch(args)
     model = base.resolve_model(args.model)
-    prior = resolve_prior(args.prior)
+    prior = resolve_prior(args.prior, model)
     opts = CodecOptions()
     for name in ("prior_threads", "tile_batch", "frames_per_chunk"):
         if getattr(args, name) is not None:
@@ -135,12 +153,12 @@ def cmd_decompress(args) -> int:
     else:
         out = base.check_output(out_arg, inputs)
     header, _ = read_container(read_bsq(inp))  # a bad file fails here, before any model is loaded
-    if header.coder != "raw" and (args.prior is None or str(args.prior).lower() == "none"):
+    if header.coder != "raw" and (str(args.prior).lower() == "none" or args.prior is None and not _has_default_prior()):
         raise base.InputError(f"{inp}: coded with a {header.coder} prior (id {header.prior_id[:12]}...); "
                               "give it with --prior DIR")
     base.setup_torch(args)
     model = base.resolve_model(args.model)
-    prior = resolve_prior(args.prior) if header.coder != "raw" else None
+    prior = resolve_prior(args.prior) if header.coder != "raw" else None  # the id is checked on decode
     stats = decompress_file(inp, out_arg, model, prior, crf=args.crf, lossless=args.lossless, amp=args.amp)
     if args.json:
         _print_json(stats)
@@ -226,7 +244,16 @@ def cmd_rd(args) -> int:
     for path in (args.json, args.markdown, args.plot):
         if path:
             base.check_output(path)
-    report = run_rd(args.data, models=args.model, priors=args.prior, video=args.video, limit=args.limit,
+    models, priors = list(args.model), list(args.prior)
+    if not models:  # the embedded default tokenizer and (when it matches) its prior
+        models = [str(base.default_model_dir())]
+        if not priors:
+            from ..pretrained import default_dir
+
+            d = default_dir("prior")
+            if d is not None:
+                priors = [str(d)]
+    report = run_rd(args.data, models=models, priors=priors, video=args.video, limit=args.limit,
                     max_frames=args.max_frames, codecs=args.codecs.split(",") if args.codecs else None,
                     lpips=not args.no_lpips, json_out=args.json, md_out=args.markdown, plot_out=args.plot)
     print(report["markdown"])
