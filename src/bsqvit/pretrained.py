@@ -39,7 +39,8 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_manifest(root: Path = ROOT) -> dict:
+def read_manifest(root: Path | None = None) -> dict:
+    root = Path(root or ROOT)
     try:
         m = json.loads((root / MANIFEST).read_text())
     except FileNotFoundError:
@@ -51,8 +52,9 @@ def read_manifest(root: Path = ROOT) -> dict:
     return m
 
 
-def verify(component: str, root: Path = ROOT) -> Path:
+def verify(component: str, root: Path | None = None) -> Path:
     """Check the files of ``component`` against the manifest; return its directory."""
+    root = Path(root or ROOT)
     files = {k: v for k, v in read_manifest(root).get("files", {}).items() if k.split("/", 1)[0] == component}
     if not files:
         raise ModelLoadError(f"embedded {component}: not in {root / MANIFEST}")
@@ -66,12 +68,13 @@ def verify(component: str, root: Path = ROOT) -> Path:
     return root / component
 
 
-def available(component: str, root: Path = ROOT) -> bool:
+def available(component: str, root: Path | None = None) -> bool:
     return component in {k.split("/", 1)[0] for k in read_manifest(root).get("files", {})}
 
 
-def default_dir(component: str, root: Path = ROOT) -> Path | None:
+def default_dir(component: str, root: Path | None = None) -> Path | None:
     """Directory of an embedded component, verified once per process; None if none ships."""
+    root = Path(root or ROOT)
     if component not in COMPONENTS:
         raise ValueError(f"unknown component {component!r}; expected one of {COMPONENTS}")
     if not available(component, root):

@@ -153,7 +153,8 @@ def cmd_decompress(args) -> int:
     else:
         out = base.check_output(out_arg, inputs)
     header, _ = read_container(read_bsq(inp))  # a bad file fails here, before any model is loaded
-    if header.coder != "raw" and (str(args.prior).lower() == "none" or args.prior is None and not _has_default_prior()):
+    if header.coder != "raw" and (
+            args.prior is not None and str(args.prior).lower() == "none" or args.prior is None and not _has_default_prior()):
         raise base.InputError(f"{inp}: coded with a {header.coder} prior (id {header.prior_id[:12]}...); "
                               "give it with --prior DIR")
     base.setup_torch(args)

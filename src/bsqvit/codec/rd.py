@@ -252,7 +252,9 @@ def _load_items(data: str, video: bool, limit: int | None, max_frames: int):
 
 def run_rd(data: str, models: list[str], priors: list[str], video: bool = False, limit: int | None = None,
            max_frames: int = 16, codecs: list[str] | None = None, lpips: bool = True, json_out=None, md_out=None,
-           plot_out=None, progress: bool = False) -> dict:
+           plot_out=None, progress: bool = False, extra: dict[str, list[dict]] | None = None) -> dict:
+    """The report (see the module docstring). ``extra``: per-item points of our codec measured
+    elsewhere (label -> list of dicts as the ones built here), added as series of their own."""
     import tempfile
 
     from ..models import BSQViT
@@ -324,6 +326,8 @@ def run_rd(data: str, models: list[str], priors: list[str], video: bool = False,
                         "seconds_decompress": (t2 - t1) + (t_pix if prior is not None else 0.0), "exact": exact, **m})
                     if not exact:
                         raise RuntimeError(f"{name}: {label} round trip is not exact")
+    for label, lst in (extra or {}).items():
+        per[label] = list(lst)
     # mean points per series
     points = []
     for label, lst in per.items():

@@ -1,0 +1,150 @@
+"""bsqvit.pretrained: packing, manifest verification, the CLI defaults, and the demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bsqvit import BSQViT, pretrained
+from bsqvit.cli import main
+from bsqvit.codec import TokenPrior
+from bsqvit.generate.model import MaskedTokenModel
+from bsqvit.models.io import ModelLoadError
+
+KODAK = Path("../shared/data/kodak/kodim23.png")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def run_cli(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny tokenizer (rounded to float16), a prior and a generator trained 'for' it, saved fp32."""
+    d = tmp_path_factory.mktemp("runs")
+    torch.manual_seed(0)
+    tok = BSQViT.from_preset("tiny")
+    pretrained.round_to_half(tok)
+    tok.save_pretrained(d / "tokenizer")
+    h = tok.weights_hash()
+    torch.manual_seed(1)
+    prior = TokenPrior(kind="ar", bits=18, group_bits=9, width=32, layers=1, heads=2, tile=[8, 8], tokenizer_hash=h)
+    pretrained.round_to_half(prior)
+    prior.save_pretrained(d / "prior")
+    gen = MaskedTokenModel(bits=18, grid=[4, 4], width=32, layers=1, heads=2, num_classes=2, class_ids=["a", "b"],
+                           class_names=["cat", "dog"], image_size=[32, 32], tokenizer_hash=h)
+    pretrained.round_to_half(gen)
+    gen.save_pretrained(d / "gen")
+    return d
+
+
+@pytest.fixture()
+def embedded(runs, tmp_path, monkeypatch):
+    root = tmp_path / "default"
+    for c in pretrained.COMPONENTS:
+        pretrained.pack_component(runs / c, root / c)
+    pretrained.write_manifest(root, {"note": "test"})
+    monkeypatch.setattr(pretrained, "ROOT", root)
+    monkeypatch.setattr(pretrained, "_verified", set())
+    return root
+
+
+def test_pack_is_half_and_exact(runs, tmp_path):
+    pretrained.pack_component(runs / "tokenizer", tmp_path / "t")
+    from safetensors.torch import load_file
+
+    st = load_file(str(tmp_path / "t" / "model.safetensors"))
+    assert all(v.dtype == torch.float16 for v in st.values() if v.is_floating_point())
+    assert (tmp_path / "t" / "model.safetensors").stat().st_size < 0.6 * (runs / "tokenizer" / "model.safetensors").stat().st_size
+    a, b = BSQViT.from_pretrained(runs / "tokenizer"), BSQViT.from_pretrained(tmp_path / "t")
+    assert a.weights_hash() == b.weights_hash()  # loaded into float32: bit-identical
+
+
+def test_pack_refuses_unrounded_weights(tmp_path):
+    torch.manual_seed(0)
+    BSQViT.from_preset("tiny").save_pretrained(tmp_path / "raw")
+    with pytest.raises(ValueError, match="not exactly representable"):
+        pretrained.pack_component(tmp_path / "raw", tmp_path / "packed")
+
+
+def test_manifest_verification(embedded):
+    assert pretrained.default_dir("tokenizer") == embedded / "tokenizer"
+    m = json.loads((embedded / "MANIFEST.json").read_text())
+    assert set(m["files"]) == {f"{c}/{f}" for c in pretrained.COMPONENTS for f in ("config.json", "model.safetensors")}
+    # corrupt one byte of the prior: refused at load (fresh process state)
+    p = embedded / "prior" / "model.safetensors"
+    b = bytearray(p.read_bytes())
+    b[-1] ^= 1
+    p.write_bytes(bytes(b))
+    pretrained._verified.clear()
+    with pytest.raises(ModelLoadError, match="SHA-256"):
+        pretrained.default_dir("prior")
+    (embedded / "gen" / "config.json").unlink()
+    with pytest.raises(ModelLoadError, match="missing"):
+        pretrained.default_dir("gen")
+    with pytest.raises(ValueError, match="unknown component"):
+        pretrained.default_dir("vae")
+
+
+def test_no_embedded_models_gives_clear_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(pretrained, "ROOT", tmp_path / "nothing")
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(img)
+    rc, _, err = run_cli(capsys, "reconstruct", img, tmp_path / "y.png")
+    assert rc == 2 and "no embedded default model" in err
+
+
+def test_cli_defaults_to_embedded_models(embedded, runs, tmp_path, capsys):
+    img = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(img)
+    rc, _, err = run_cli(capsys, "compress", img, tmp_path / "a.bsq", "--json")
+    assert rc == 0, err
+    rc, out, _ = run_cli(capsys, "info", tmp_path / "a.bsq")
+    assert json.loads(out)["coder"] == "ar"  # the embedded prior, matched to the embedded tokenizer
+    rc, _, err = run_cli(capsys, "decompress", tmp_path / "a.bsq", tmp_path / "a.png")
+    assert rc == 0, err
+    rc, _, err = run_cli(capsys, "reconstruct", img, tmp_path / "r.png")
+    assert rc == 0, err
+    assert np.array_equal(np.array(Image.open(tmp_path / "a.png")), np.array(Image.open(tmp_path / "r.png")))
+    # another tokenizer: the embedded prior does not match it, so tokens are stored raw
+    torch.manual_seed(5)
+    BSQViT.from_preset("tiny").save_pretrained(tmp_path / "other")
+    rc, _, err = run_cli(capsys, "compress", img, tmp_path / "b.bsq", "--model", tmp_path / "other")
+    assert rc == 0, err
+    assert json.loads(run_cli(capsys, "info", tmp_path / "b.bsq")[1])["coder"] == "raw"
+    rc, _, err = run_cli(capsys, "generate", "--n", 1, "--class", "all", "--steps", 2, "--out", tmp_path / "g")
+    assert rc == 0, err
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["a_00000.png", "b_00000.png", "grid.png"]
+
+
+@pytest.mark.skipif(not KODAK.is_file(), reason="needs ../shared/data")
+def test_demo_end_to_end(embedded, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, box in enumerate([(0, 0, 200, 176), (300, 200, 480, 376)]):
+        Image.open(KODAK).crop(box).save(data / f"k{i}.png")
+    rc, out, err = run_cli(capsys, "demo", "--data", data, "--out", tmp_path / "demo", "--no-lpips")
+    assert rc == 0, err
+    d = tmp_path / "demo"
+    assert sorted(p.name for p in (d / "bsq").iterdir()) == ["k0.bsq", "k1.bsq"]
+    assert (d / "decoded" / "k1.png").is_file() and (d / "rd.png").is_file() and (d / "generated" / "grid.png").is_file()
+    res = json.loads((d / "demo.json").read_text())
+    bpp = 8 * (d / "bsq" / "k0.bsq").stat().st_size / (200 * 176)
+    assert res["per_item"][0]["bpp"] == pytest.approx(bpp)
+    assert set(res["bd_rate"]["bsq-ar[embedded]"]) == {"jpeg", "webp"}
+    assert "BD-rate vs jpeg" in out and "mean" in out
