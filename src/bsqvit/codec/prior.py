@@ -40,6 +40,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor
 
 from ..config import ConfigError, resolve_config, to_dict
+from ..quantizers.base import join_groups, split_groups  # noqa: F401  (re-exported)
 
 PRIOR_KINDS = ("ar", "parallel")
 SCHEDULES = ("quadtree", "random")
@@ -150,20 +151,6 @@ def pass_map(rows: int, cols: int, passes: int, schedule: str) -> np.ndarray:
         cum[-1] = 1.0
         return np.searchsorted(np.asarray(cum), u, side="right").astype(np.int64).clip(0, passes - 1)
     raise ValueError(f"unknown schedule {schedule!r}")
-
-
-# ---- token <-> groups -----------------------------------------------------------------------------
-def split_groups(tokens: Tensor, bits: int, group_bits: int) -> Tensor:
-    """int64 tokens (...) -> group indices (..., G), group 0 = the most significant bits."""
-    G = bits // group_bits
-    shifts = torch.arange(G - 1, -1, -1, device=tokens.device, dtype=torch.int64) * group_bits
-    return (tokens.unsqueeze(-1) >> shifts) & ((1 << group_bits) - 1)
-
-
-def join_groups(groups: Tensor, bits: int, group_bits: int) -> Tensor:
-    G = bits // group_bits
-    shifts = torch.arange(G - 1, -1, -1, device=groups.device, dtype=torch.int64) * group_bits
-    return (groups.to(torch.int64) << shifts).sum(-1)
 
 
 # ---- the network ----------------------------------------------------------------------------------

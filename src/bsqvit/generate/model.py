@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ..config import ConfigError, resolve_config, to_dict
 from ..models.transformer import Block
+from ..quantizers.base import join_groups, split_groups  # noqa: F401  (re-exported)
 
 EMBEDDINGS = ("groups", "code")
 
@@ -81,20 +82,6 @@ class GenConfig:
     @property
     def seq_len(self) -> int:
         return self.grid[0] * self.grid[1]
-
-
-def split_groups(tokens: Tensor, bits: int, group_bits: int) -> Tensor:
-    """int64 tokens (...) -> group indices (..., G), group 0 = the most significant bits."""
-    G = bits // group_bits
-    shifts = torch.arange(G - 1, -1, -1, device=tokens.device, dtype=torch.int64) * group_bits
-    return (tokens.unsqueeze(-1) >> shifts) & ((1 << group_bits) - 1)
-
-
-def join_groups(groups: Tensor, bits: int, group_bits: int) -> Tensor:
-    """Inverse of :func:`split_groups`."""
-    G = bits // group_bits
-    shifts = torch.arange(G - 1, -1, -1, device=groups.device, dtype=torch.int64) * group_bits
-    return (groups.to(torch.int64) << shifts).sum(-1)
 
 
 class MaskedTokenModel(

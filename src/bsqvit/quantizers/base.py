@@ -119,3 +119,18 @@ def indices_to_bits(indices: Tensor, L: int) -> Tensor:
         raise ValueError(f"{L} bits do not fit in int64")
     shifts = torch.arange(L - 1, -1, -1, device=indices.device, dtype=torch.int64)
     return (indices.to(torch.int64).unsqueeze(-1) >> shifts) & 1
+
+
+def split_groups(tokens: Tensor, bits: int, group_bits: int) -> Tensor:
+    """int64 token indices (...) -> group indices (..., G) of ``group_bits`` bits each,
+    G = bits / group_bits; group 0 holds the most significant bits (channel 0 first)."""
+    G = bits // group_bits
+    shifts = torch.arange(G - 1, -1, -1, device=tokens.device, dtype=torch.int64) * group_bits
+    return (tokens.unsqueeze(-1) >> shifts) & ((1 << group_bits) - 1)
+
+
+def join_groups(groups: Tensor, bits: int, group_bits: int) -> Tensor:
+    """Inverse of :func:`split_groups`."""
+    G = bits // group_bits
+    shifts = torch.arange(G - 1, -1, -1, device=groups.device, dtype=torch.int64) * group_bits
+    return (groups.to(torch.int64) << shifts).sum(-1)
