@@ -139,7 +139,8 @@ def add_generate(sub) -> None:
     _base().add_model_args(p)
     p.add_argument("--gen", default=None, metavar="DIR", help="generator directory (default: embedded)")
     p.add_argument("--n", type=int, default=8, metavar="N", help="samples (per class with --class all)")
-    p.add_argument("--class", dest="cls", default=None, metavar="C", help="class index, or 'all'")
+    p.add_argument("--class", dest="cls", default=None, metavar="C",
+                   help="class index, or 'all' (default: unconditional, the null class)")
     p.add_argument("--label", default=None, metavar="NAME", help="class by name or id (e.g. 'church', n03028079)")
     sample_args(p)
     p.add_argument("--inpaint", default=None, metavar="IMAGE", help="image to edit")
