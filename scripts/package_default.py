@@ -34,6 +34,7 @@ def main() -> int:
     tok = BSQViT.from_pretrained(a.tokenizer)
     h = tok.weights_hash()
     out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".default.", dir=out.parent))
     try:
         pack_component(Path(a.tokenizer), staging / "tokenizer")

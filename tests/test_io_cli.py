@@ -338,7 +338,6 @@ def test_cli_error_paths(tmp_path, capsys, models, crop):
         ["reconstruct", tmp_path / "missing.png", out, "--model", m],
         ["reconstruct", corrupt, out, "--model", m],
         ["reconstruct", crop, out, "--model", tmp_path / "no-model-dir"],
-        ["reconstruct", crop, out],  # no --model, no default
         ["reconstruct", crop, tmp_path / "nodir" / "out.png", "--model", m],
         ["reconstruct", crop, tmp_path / "out.mp4", "--model", m],  # image -> video suffix
         ["tokenize", corrupt, tmp_path / "t.npz", "--model", m],

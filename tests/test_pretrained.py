@@ -148,3 +148,26 @@ def test_demo_end_to_end(embedded, tmp_path, capsys):
     assert res["per_item"][0]["bpp"] == pytest.approx(bpp)
     assert set(res["bd_rate"]["bsq-ar[embedded]"]) == {"jpeg", "webp"}
     assert "BD-rate vs jpeg" in out and "mean" in out
+
+
+def test_shipped_models_verify_match_and_work():
+    """The weights in the package: manifest-verified, one tokenizer hash, and they do their jobs."""
+    if not pretrained.available("tokenizer", pretrained.ROOT):
+        pytest.skip("no embedded models in this checkout")
+    m = json.loads((pretrained.ROOT / "MANIFEST.json").read_text())
+    assert sum(f["bytes"] for f in m["files"].values()) <= 25_000_000
+    tok = BSQViT.from_pretrained(pretrained.default_dir("tokenizer"))
+    prior = TokenPrior.from_pretrained(pretrained.default_dir("prior"))
+    gen = MaskedTokenModel.from_pretrained(pretrained.default_dir("gen"))
+    assert tok.weights_hash() == m["tokenizer_hash"] == prior.config.tokenizer_hash == gen.config.tokenizer_hash
+    if KODAK.is_file():
+        from bsqvit.codec import compress, decompress
+        from bsqvit.io import from_uint8
+        from bsqvit.metrics.pixel import psnr
+
+        x = from_uint8(np.array(Image.open(KODAK).convert("RGB"))[200:328, 300:428])
+        r = compress(x, tok, prior)
+        y = decompress(r.data, tok, prior)
+        assert float(psnr(y[None], x[None])) > 20.0
+        assert r.stats["bits_per_token"] < 14.0  # the prior saves bits against 18 raw
+    assert gen.config.num_classes == 10 and "church" in gen.config.class_names
