@@ -160,6 +160,12 @@ def cmd_decompress(args) -> int:
     base.setup_torch(args)
     model = base.resolve_model(args.model)
     prior = resolve_prior(args.prior) if header.coder != "raw" else None  # the id is checked on decode
+    if prior is not None and args.prior is None:
+        from .container import short_id
+
+        if short_id(prior.weights_hash()) != header.prior_id:  # not the embedded prior's file
+            raise base.InputError(f"{inp}: coded with a {header.coder} prior (id {header.prior_id[:12]}...) that is "
+                                  "not the embedded one; give it with --prior DIR")
     stats = decompress_file(inp, out_arg, model, prior, crf=args.crf, lossless=args.lossless, amp=args.amp)
     if args.json:
         _print_json(stats)
