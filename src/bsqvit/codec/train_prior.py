@@ -293,7 +293,7 @@ def train_prior(cfg: PriorTrainConfig, tokenizer_dir, output_dir, resume: bool =
 
     from ..models import BSQViT
     from ..train import checkpoint as ckpt
-    from ..train.trainer import warmup_cosine
+    from ..train.trainer import adamw_warmup_cosine, tensorboard_writer
 
     out = Path(output_dir)
     if cfg.threads:
@@ -321,12 +321,7 @@ def train_prior(cfg: PriorTrainConfig, tokenizer_dir, output_dir, resume: bool =
     torch.manual_seed(cfg.seed)
     prior = TokenPrior(pc)
     o = cfg.optim
-    decay = [p for n, p in prior.named_parameters() if p.ndim >= 2 and "emb" not in n]
-    other = [p for n, p in prior.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": other, "weight_decay": 0.0}],
-                            lr=o.lr, betas=tuple(o.betas))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: warmup_cosine(s, o.warmup_steps, cfg.steps, o.warmup_start, o.min_lr_ratio))
+    opt, sched = adamw_warmup_cosine(prior, o, cfg.steps)
     step = 0
     ckpt_dir = out / "checkpoints"
     if resume:
@@ -341,13 +336,7 @@ def train_prior(cfg: PriorTrainConfig, tokenizer_dir, output_dir, resume: bool =
         ckpt.set_rng_state(state["rng"])
     (out / "config.json").write_text(json.dumps({**to_dict(cfg), "prior": to_dict(pc),
                                                  "tokenizer": str(tokenizer_dir)}, indent=2, sort_keys=True))
-    writer = None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tb"))
-    except ImportError:  # tensorboard not installed: logs only
-        pass
+    writer = tensorboard_writer(out / "tb")
 
     val_sets = []
     if len(va_i):

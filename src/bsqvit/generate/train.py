@@ -188,7 +188,7 @@ def train_gen(cfg: GenTrainConfig, tokenizer_dir, output_dir, resume: bool = Fal
     from ..io import atomic_path
     from ..models import BSQViT
     from ..train import checkpoint as ckpt
-    from ..train.trainer import ema_update, warmup_cosine
+    from ..train.trainer import adamw_warmup_cosine, ema_update, tensorboard_writer
     from .data import class_names, extract_gen_tokens, load_square
     from .metrics import GenEvaluator
 
@@ -226,12 +226,7 @@ def train_gen(cfg: GenTrainConfig, tokenizer_dir, output_dir, resume: bool = Fal
     model = MaskedTokenModel(gc)
     ema = copy.deepcopy(model).requires_grad_(False)
     o = cfg.optim
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "emb" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": other, "weight_decay": 0.0}],
-                            lr=o.lr, betas=tuple(o.betas))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: warmup_cosine(s, o.warmup_steps, cfg.steps, o.warmup_start, o.min_lr_ratio))
+    opt, sched = adamw_warmup_cosine(model, o, cfg.steps)
     step = 0
     ckpt_dir = out / "checkpoints"
     if resume:
@@ -247,13 +242,7 @@ def train_gen(cfg: GenTrainConfig, tokenizer_dir, output_dir, resume: bool = Fal
         ckpt.set_rng_state(state["rng"])
     (out / "config.json").write_text(json.dumps({**to_dict(cfg), "gen": to_dict(gc), "tokenizer": str(tokenizer_dir),
                                                  "train_images": len(tokens_np)}, indent=2, sort_keys=True))
-    writer = None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tb"))
-    except ImportError:  # tensorboard not installed: logs only
-        pass
+    writer = tensorboard_writer(out / "tb")
 
     ev = cfg.eval
     evaluator = None

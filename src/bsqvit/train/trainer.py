@@ -44,6 +44,28 @@ def warmup_cosine(step: int, warmup: int, total: int, start: float, end: float) 
     return end + 0.5 * (1.0 - end) * (1 + math.cos(math.pi * t))
 
 
+def adamw_warmup_cosine(module: torch.nn.Module, o, total_steps: int):
+    """AdamW (weight decay on matrices, not on embeddings, norms or biases) and its warm-up +
+    half-cosine schedule (``o``: lr, betas, weight_decay, warmup_steps, warmup_start, min_lr_ratio).
+    Used by the token-prior and generator trainers."""
+    decay = [p for n, p in module.named_parameters() if p.ndim >= 2 and "emb" not in n]
+    other = [p for n, p in module.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": other, "weight_decay": 0.0}],
+                            lr=o.lr, betas=tuple(o.betas))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, o.warmup_steps, total_steps, o.warmup_start, o.min_lr_ratio))
+    return opt, sched
+
+
+def tensorboard_writer(log_dir):
+    """A TensorBoard ``SummaryWriter``, or None when tensorboard is not installed (logs only)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(log_dir))
+
+
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
