@@ -39,17 +39,19 @@ from bsqvit.codec.coding import (
     code_frame,
     decoder_for,
     pack_raw,
-    quantize_logits,
     unpack_raw,
 )
 from bsqvit.codec.container import (
+    CHUNK_STRUCT,
     HEADER_STRUCT,
     MAGIC,
     PREFIX,
+    chunk_crc,
     pack_header,
     read_container,
     unpack_header,
 )
+from bsqvit.codec.intops import frequencies
 from bsqvit.codec.prior import split_groups
 from bsqvit.io import from_uint8, write_video_lossless
 
@@ -124,12 +126,13 @@ def test_groups_split_most_significant_first():
 
 def test_quantized_probabilities_are_exact_integers():
     torch.manual_seed(0)
-    logits = torch.randn(50, 512) * torch.linspace(0, 40, 50)[:, None]
-    f, p = quantize_logits(logits, 16)
-    assert f.dtype == np.int64 and (f >= 1).all() and (f.sum(1) == 1 << 16).all()
-    assert np.allclose(p.sum(1), 1)
-    f2, _ = quantize_logits(logits.clone(), 16)
-    assert np.array_equal(f, f2)
+    logits = (torch.randn(50, 512) * torch.linspace(0, 40, 50)[:, None] * 4096).round().long()
+    f, e = frequencies(logits, 16)
+    assert f.dtype == torch.int64 and (f >= 1).all() and (f.sum(1) == 1 << 16).all()
+    p = e.double() / e.sum(1, keepdim=True)  # the integer softmax follows the float one
+    assert torch.allclose(p, torch.softmax(logits.double() / 4096, 1), atol=2e-3)
+    f2, _ = frequencies(logits.clone(), 16)
+    assert torch.equal(f, f2)
 
 
 def test_raw_fields_round_trip():
@@ -224,8 +227,8 @@ def test_stats_report_bits_and_overhead(model, priors, image):
 @pytest.mark.parametrize("prior_threads", [1, 2])
 @pytest.mark.parametrize("name", ["prior-ar", "prior-par"])
 def test_round_trip_with_1_and_2_threads(name, prior_threads):
-    """Encode under 2 caller threads and decode under 1 (and back); the prior itself runs with the
-    header's thread count (1 or 2) on both sides."""
+    """Encode under 2 caller threads and decode under 1 (and back), with the prior's own thread
+    count 1 or 2 (a run-time option): the bitstream is the same."""
     torch.manual_seed(3)
     kind = "ar" if name == "prior-ar" else "parallel"
     prior = TokenPrior(PriorConfig(kind=kind, width=64, layers=2, heads=4, tile=[4, 4], group_bits=9, passes=5,
@@ -240,11 +243,12 @@ def test_round_trip_with_1_and_2_threads(name, prior_threads):
     header = base_header(fake, "video", 8 * h, 8 * w, frames, 10.0, prior,
                          CodecOptions(prior_threads=prior_threads, tile_batch=tile_batch))
     results = []
+    opts = CodecOptions(prior_threads=prior_threads, tile_batch=tile_batch)
     for enc_threads, dec_threads in [(2, 1), (1, 2)][: 3 - prior_threads]:
         torch.set_num_threads(enc_threads)
-        data, _ = encode_tokens(tokens, header, prior)
+        data, _ = encode_tokens(tokens, header, prior, opts)
         torch.set_num_threads(dec_threads)
-        _, out = decode_tokens(data, prior)
+        _, out = decode_tokens(data, prior, options=CodecOptions(prior_threads=3 - prior_threads))
         assert np.array_equal(out, tokens)
         results.append(data)
     assert all(r == results[0] for r in results)  # the bitstream does not depend on the caller's thread count
@@ -278,18 +282,28 @@ def test_every_single_bit_flip_is_detected(name, priors):
             decode_tokens(bytes(bad), prior)
 
 
-def _rewrite_header(data: bytes, major=None, **fields) -> bytes:
-    """Change header fields and recompute the header CRC (a 'lying' but well-formed header)."""
+def _reseal(head: bytes, rest: bytes) -> bytes:
+    """``head`` (without its CRC) + the chunks of ``rest``, every CRC recomputed (a well-formed file)."""
+    crc = zlib.crc32(head)
+    out, off, i = [head, struct.pack("<I", crc)], 0, 0
+    while off + CHUNK_STRUCT.size <= len(rest):
+        n, _, tcrc = CHUNK_STRUCT.unpack_from(rest, off)
+        payload = rest[off + CHUNK_STRUCT.size : off + CHUNK_STRUCT.size + n]
+        out += [CHUNK_STRUCT.pack(n, chunk_crc(i, payload, crc), tcrc), payload]
+        off, i = off + CHUNK_STRUCT.size + n, i + 1
+    return b"".join(out) + rest[off:]
+
+
+def _rewrite_header(data: bytes, major=None, minor=None, **fields) -> bytes:
+    """Change header fields and recompute every CRC (a 'lying' but well-formed file)."""
     magic, mj, mn, body_len = PREFIX.unpack_from(data, 0)
-    names = ["tok", "prior", "media", "coder", "bits", "gbits", "patch", "chunk_frames", "H", "W", "T", "fps",
-             "pb", "pr", "pad", "th", "tw", "passes", "sched", "threads", "prob", "flags", "tile_batch", "fpc",
-             "n_chunks"]
+    names = ["tok", "prior", "digest", "media", "coder", "bits", "gbits", "patch", "chunk_frames", "H", "W", "T",
+             "fps", "pb", "pr", "pad", "th", "tw", "passes", "sched", "arith", "prob", "flags", "fpc", "n_chunks"]
     vals = dict(zip(names, HEADER_STRUCT.unpack_from(data, PREFIX.size)))
     vals.update(fields)
     body = HEADER_STRUCT.pack(*[vals[n] for n in names]) + data[PREFIX.size + HEADER_STRUCT.size : PREFIX.size + body_len]
-    head = PREFIX.pack(magic, mj if major is None else major, mn, len(body)) + body
-    rest = data[PREFIX.size + body_len + 4 :]
-    return head + struct.pack("<I", zlib.crc32(head)) + rest
+    head = PREFIX.pack(magic, mj if major is None else major, mn if minor is None else minor, len(body)) + body
+    return _reseal(head, data[PREFIX.size + body_len + 4 :])
 
 
 def test_wrong_magic_and_version(priors):
@@ -298,19 +312,18 @@ def test_wrong_magic_and_version(priors):
         decode_tokens(b"PNG\0" + data[4:])
     with pytest.raises(BSQFormatError, match="magic"):
         decode_tokens(b"\x89P")
-    with pytest.raises(BSQFormatError, match="version 2"):
-        decode_tokens(_rewrite_header(data, major=2))
-    minor = bytearray(data)  # a newer minor version of the same major is read
-    minor[5] = 7
-    head_len = PREFIX.size + PREFIX.unpack_from(data, 0)[3]
-    minor[head_len : head_len + 4] = struct.pack("<I", zlib.crc32(bytes(minor[:head_len])))
-    assert decode_tokens(bytes(minor))[0].version == (1, 7)
+    with pytest.raises(BSQFormatError, match="version 3"):
+        decode_tokens(_rewrite_header(data, major=3))
+    with pytest.raises(BSQFormatError, match="version 1.0 .* compress the source again"):
+        decode_tokens(_rewrite_header(data, major=1))
+    # a newer minor version of the same major is read
+    assert decode_tokens(_rewrite_header(data, minor=7))[0].version == (2, 7)
 
 
 def test_lying_headers_are_refused_before_allocating():
     data = _golden("image-raw")
     for fields in [dict(H=100_000, W=100_000), dict(H=30_000, W=30_000), dict(T=5), dict(n_chunks=1 << 30),
-                   dict(pb=3), dict(media=9), dict(bits=0), dict(tile_batch=4000)]:
+                   dict(pb=3), dict(media=9), dict(bits=0), dict(arith=1), dict(arith=9)]:
         with pytest.raises(BSQFormatError):
             decode_tokens(_rewrite_header(data, **fields))
     small = Limits(max_pixels=100)
@@ -464,13 +477,14 @@ def test_symbol_coder_round_trip_many_symbols():
     torch.manual_seed(0)
     logits = torch.randn(2000, 64) * 4
     sym = torch.distributions.Categorical(logits=logits).sample().numpy()
+    f, e = frequencies((logits * 4096).round().long(), 16)
     enc = SymbolCoder()
     for i in range(0, 2000, 100):
-        enc.code(logits[i : i + 100], sym[i : i + 100])
+        enc.code(f[i : i + 100], e[i : i + 100], sym[i : i + 100])
     data = enc.finish()
     assert 8 * len(data) <= enc.stats.model_bits + 64
     dec = decoder_for(data, 16)
-    out = np.concatenate([dec.code(logits[i : i + 100], None) for i in range(0, 2000, 100)])
+    out = np.concatenate([dec.code(f[i : i + 100], e[i : i + 100], None) for i in range(0, 2000, 100)])
     assert np.array_equal(out, sym)
     assert code_frame is not None
 

@@ -89,8 +89,9 @@ def check_input(path: str | os.PathLike) -> Path:
     return p
 
 
-def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
-    """Refuse an output in a missing directory, a directory, or one that is (a link to) an input."""
+def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), force: bool | None = None) -> Path:
+    """Refuse an output in a missing directory, a directory, or one that is (a link to) an input;
+    with ``force=False``, also an existing file (``--force`` replaces it, atomically)."""
     out = Path(path)
     if not out.parent.is_dir():
         raise InputError(f"{out}: output directory {out.parent} does not exist")
@@ -105,6 +106,8 @@ def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = 
             same = True
         if same:
             raise InputError(f"{out}: refusing to overwrite the input {inp}")
+    if force is False and (out.exists() or out.is_symlink()):
+        raise InputError(f"{out}: exists; refusing to overwrite it (use --force)")
     return out
 
 

@@ -15,6 +15,7 @@ The pixels of :func:`decompress` are those of ``bsqvit reconstruct`` with the sa
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import shutil
@@ -29,16 +30,16 @@ import torch
 
 from ..io import InputError
 from .coding import (
-    DEFAULT_PRIOR_THREADS,
     DEFAULT_PROB_BITS,
     DEFAULT_TILE_BATCH,
     CodingStats,
     DecodeError,
     SymbolCoder,
+    as_engine,
     code_frame,
     decoder_for,
     pack_raw,
-    pinned_threads,
+    prior_threads,
     unpack_raw,
 )
 from .container import (
@@ -48,17 +49,22 @@ from .container import (
     read_container,
     short_id,
     tokens_crc,
+    tokens_digest,
     write_container,
 )
+from .intprior import ARITHMETIC
 
 DEFAULT_FRAMES_PER_CHUNK = 8
 
 
 @dataclass
 class CodecOptions:
-    """Encoder choices that are recorded in the header (the decoder follows them)."""
+    """Coding choices. ``prob_bits`` and ``frames_per_chunk`` are recorded in the header (the
+    decoder follows them); ``prior_threads`` (None: the caller's torch threads) and ``tile_batch``
+    (tiles evaluated together) only set speed and memory, on either side: the integer prior gives
+    the same frequencies whatever they are."""
 
-    prior_threads: int = DEFAULT_PRIOR_THREADS
+    prior_threads: int | None = None
     tile_batch: int = DEFAULT_TILE_BATCH
     prob_bits: int = DEFAULT_PROB_BITS
     frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK
@@ -108,22 +114,25 @@ def base_header(model, media: str, H: int, W: int, T: int, fps: float, prior, op
         h.tile = tuple(c.tile)
         if c.kind == "parallel":
             h.passes, h.schedule = c.passes, c.schedule
-        h.prior_threads = opts.prior_threads
+        h.arithmetic = ARITHMETIC
         h.prob_bits = opts.prob_bits
         h.video_cond = bool(c.video)
-        h.tile_batch = opts.tile_batch
     return h
 
 
 # ---- tokens <-> bytes -------------------------------------------------------------------------------
-def encode_tokens(tokens: np.ndarray, header: Header, prior=None) -> tuple[bytes, dict]:
+def encode_tokens(tokens: np.ndarray, header: Header, prior=None,
+                  options: CodecOptions | None = None) -> tuple[bytes, dict]:
     """Token frames (T, h, w) -> the whole ``.bsq`` file; ``header`` describes them (see :func:`base_header`)."""
+    opts = options or CodecOptions()
     tokens = np.asarray(tokens, dtype=np.int64)
     T, gh, gw = tokens.shape
     if (T, gh, gw) != (header.frames, *header.grid):
         raise ValueError(f"tokens {tokens.shape} do not match the header ({header.frames}, {header.grid})")
     if tokens.min() < 0 or tokens.max() >= (1 << header.bits):
         raise ValueError(f"tokens outside [0, 2^{header.bits})")
+    header.tokens_digest = tokens_digest(tokens)
+    engine = as_engine(prior) if header.coder != "raw" else None
     chunks, stats = [], CodingStats()
     t0 = time.perf_counter()
     start = 0
@@ -133,11 +142,11 @@ def encode_tokens(tokens: np.ndarray, header: Header, prior=None) -> tuple[bytes
             payload = pack_raw(block, header.bits)
         else:
             coder = SymbolCoder(prob_bits=header.prob_bits)
-            with pinned_threads(header.prior_threads):
+            with prior_threads(opts.prior_threads):
                 for i in range(n):
                     f = start + i
                     prev = tokens[f - 1] if (header.video_cond and f > 0) else None
-                    code_frame(prior, coder, gh, gw, block[i], prev, header.tile_batch)
+                    code_frame(engine, coder, gh, gw, block[i], prev, opts.tile_batch)
             payload = coder.finish()
             stats.add(coder.stats)
         chunks.append((payload, tokens_crc(block)))
@@ -160,9 +169,13 @@ def encode_tokens(tokens: np.ndarray, header: Header, prior=None) -> tuple[bytes
     return data, info
 
 
-def iter_decode_tokens(header: Header, chunks, prior=None) -> Iterator[np.ndarray]:
-    """Yield the token frames of every chunk ((n, h, w) int64), each checked against its CRC."""
+def iter_decode_tokens(header: Header, chunks, prior=None, options: CodecOptions | None = None) -> Iterator[np.ndarray]:
+    """Yield the token frames of every chunk ((n, h, w) int64), each checked against its CRC; the
+    digest of all tokens is checked after the last chunk."""
+    opts = options or CodecOptions()
     gh, gw = header.grid
+    engine = as_engine(prior) if header.coder != "raw" else None
+    digest = hashlib.sha256()
     last = None
     for ci, ((payload, tcrc), n) in enumerate(zip(chunks, header.chunk_frame_counts())):
         try:
@@ -171,10 +184,10 @@ def iter_decode_tokens(header: Header, chunks, prior=None) -> Iterator[np.ndarra
             else:
                 coder = decoder_for(payload, header.prob_bits)
                 frames = []
-                with pinned_threads(header.prior_threads):
+                with prior_threads(opts.prior_threads):
                     for _ in range(n):
                         prev = last if header.video_cond else None
-                        last = code_frame(prior, coder, gh, gw, None, prev, header.tile_batch)
+                        last = code_frame(engine, coder, gh, gw, None, prev, opts.tile_batch)
                         frames.append(last)
                 block = np.stack(frames)
         except DecodeError as e:
@@ -184,6 +197,9 @@ def iter_decode_tokens(header: Header, chunks, prior=None) -> Iterator[np.ndarra
                 f"chunk {ci}: decoded tokens fail their CRC (the decoder drifted from the encoder: other prior "
                 f"weights, or a platform/library whose arithmetic differs)")
         last = block[-1]
+        digest.update(np.ascontiguousarray(block, dtype="<i8").tobytes())
+        if ci == len(chunks) - 1 and digest.digest()[:16].hex() != header.tokens_digest:
+            raise BSQFormatError("decoded tokens do not match the file's token digest (corrupt file)")
         yield block
 
 
@@ -216,11 +232,12 @@ def check_decoders(header: Header, model=None, prior=None) -> None:
         raise BSQFormatError("the prior's configuration differs from the file's")
 
 
-def decode_tokens(data: bytes, prior=None, limits: Limits | None = None) -> tuple[Header, np.ndarray]:
+def decode_tokens(data: bytes, prior=None, limits: Limits | None = None,
+                  options: CodecOptions | None = None) -> tuple[Header, np.ndarray]:
     """A whole ``.bsq`` file -> (header, tokens (T, h, w))."""
     header, chunks = read_container(data, limits)
     check_decoders(header, None, prior)
-    return header, np.concatenate(list(iter_decode_tokens(header, chunks, prior)))
+    return header, np.concatenate(list(iter_decode_tokens(header, chunks, prior, options)))
 
 
 # ---- tensors ------------------------------------------------------------------------------------------
@@ -246,7 +263,7 @@ def compress(x: torch.Tensor, model, prior=None, fps: float = 25.0, options: Cod
     header = base_header(model, media, H, W, T, fps, prior, options or CodecOptions())
     tokens = tokenize(model, x, amp=amp)
     t1 = time.perf_counter()
-    data, info = encode_tokens(tokens, header, prior)
+    data, info = encode_tokens(tokens, header, prior, options)
     stats = summarize(data, header, info, time.perf_counter() - t0)
     stats["seconds_tokenizer"] = t1 - t0
     return CompressResult(data, header, stats)
@@ -284,11 +301,12 @@ def _decode_pixels(model, header: Header, token_blocks: Iterator[np.ndarray], am
         yield decode_frames(model, torch.from_numpy(np.stack(buf)), size, amp=amp)
 
 
-def decompress(data: bytes, model, prior=None, limits: Limits | None = None, amp: bool = False) -> torch.Tensor:
+def decompress(data: bytes, model, prior=None, limits: Limits | None = None, amp: bool = False,
+               options: CodecOptions | None = None) -> torch.Tensor:
     """``.bsq`` bytes -> pixels in [-1, 1]: (3, H, W) for an image, (3, T, H, W) for a video."""
     header, chunks = read_container(data, limits)
     check_decoders(header, model, prior)
-    blocks = iter_decode_tokens(header, chunks, prior)
+    blocks = iter_decode_tokens(header, chunks, prior, options)
     if header.media == "image":
         tokens = next(blocks)
         return model.decode(torch.from_numpy(tokens), size=(header.height, header.width), amp=amp)[0]
@@ -332,7 +350,7 @@ def compress_file(inp, out, model, prior=None, options: CodecOptions | None = No
         header = base_header(model, "image", H, W, 1, 0.0, prior, opts)
         tokens = tokenize(model, x, amp=amp)
     t1 = time.perf_counter()
-    data, info = encode_tokens(tokens, header, prior)
+    data, info = encode_tokens(tokens, header, prior, opts)
     with atomic_path(out) as tmp:
         Path(tmp).write_bytes(data)
     stats = summarize(data, header, info, time.perf_counter() - t0)
@@ -349,7 +367,7 @@ def is_frames_dir(out: str | os.PathLike) -> bool:
 
 
 def decompress_file(inp, out, model, prior=None, limits: Limits | None = None, crf: int = 18,
-                    lossless: bool = False, amp: bool = False) -> dict:
+                    lossless: bool = False, amp: bool = False, options: CodecOptions | None = None) -> dict:
     """``.bsq`` file -> image file, video file or directory of PNG frames; nothing partial on error."""
     from ..io import IMAGE_SUFFIXES, VideoWriter, is_video_path, save_image, to_uint8
 
@@ -361,15 +379,16 @@ def decompress_file(inp, out, model, prior=None, limits: Limits | None = None, c
     if header.media == "image":
         if is_video_path(out_s) or Path(out_s).suffix.lower() not in IMAGE_SUFFIXES:
             raise InputError(f"{out}: the file holds an image; the output needs an image suffix (.png)")
-        tokens = next(iter_decode_tokens(header, chunks, prior))
+        tokens = next(iter_decode_tokens(header, chunks, prior, options))
         rec = model.decode(torch.from_numpy(tokens), size=(header.height, header.width), amp=amp)[0]
         save_image(rec, out)
     elif is_video_path(out_s):
         with VideoWriter(out, header.fps, crf=crf, lossless=lossless) as writer:
-            for px in _decode_pixels(model, header, iter_decode_tokens(header, chunks, prior), amp=amp):
+            for px in _decode_pixels(model, header, iter_decode_tokens(header, chunks, prior, options), amp=amp):
                 writer.write(to_uint8(px))
     elif is_frames_dir(out_s):
-        _write_frames_dir(Path(out_s.rstrip(os.sep) or out_s), model, header, chunks, prior, amp)
+        blocks = iter_decode_tokens(header, chunks, prior, options)
+        _write_frames_dir(Path(out_s.rstrip(os.sep) or out_s), model, header, blocks, amp)
     else:
         raise InputError(f"{out}: the file holds a video; write a video (.mp4) or a directory of PNG frames "
                          "(a path without suffix)")
@@ -377,7 +396,7 @@ def decompress_file(inp, out, model, prior=None, limits: Limits | None = None, c
             "height": header.height, "coder": header.coder, "seconds": time.perf_counter() - t0}
 
 
-def _write_frames_dir(out: Path, model, header: Header, chunks, prior, amp: bool) -> None:
+def _write_frames_dir(out: Path, model, header: Header, blocks, amp: bool) -> None:
     from PIL import Image
 
     from ..io import to_uint8
@@ -389,7 +408,7 @@ def _write_frames_dir(out: Path, model, header: Header, chunks, prior, amp: bool
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         i = 0
-        for px in _decode_pixels(model, header, iter_decode_tokens(header, chunks, prior), amp=amp):
+        for px in _decode_pixels(model, header, blocks, amp=amp):
             for frame in to_uint8(px):
                 Image.fromarray(frame).save(tmp / f"frame_{i:06d}.png")
                 i += 1

@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+from .container import Limits
+
 
 def _base():
     from .. import cli
@@ -78,30 +80,44 @@ def add_compress(sub) -> None:
     base.add_model_args(p)
     p.add_argument("--prior", default=None, metavar="DIR|none", help="token prior directory, or none (raw); default: the embedded prior")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="video: only the first N frames")
-    p.add_argument("--prior-threads", type=int, default=None, metavar="N",
-                   help="torch threads of the prior, recorded in the file; decoders use the same (default 1)")
-    p.add_argument("--tile-batch", type=int, default=None, metavar="N", help="tiles per prior batch, 1..64 (default 16)")
+    _add_prior_runtime_args(p)
     p.add_argument("--frames-per-chunk", type=int, default=None, metavar="N", help="video frames per chunk (default 8)")
     p.add_argument("--json", action="store_true", help="print statistics as JSON")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_compress)
+
+
+def _add_prior_runtime_args(p) -> None:
+    p.add_argument("--prior-threads", type=int, default=None, metavar="N",
+                   help="torch threads of the integer prior (speed only; default: --threads)")
+    p.add_argument("--tile-batch", type=int, default=None, metavar="N",
+                   help="prior tiles evaluated together, 1..256 (speed and memory only; default 32)")
+
+
+def _options(args):
+    from .api import CodecOptions
+
+    _positive("--prior-threads", args.prior_threads, 255)
+    _positive("--tile-batch", args.tile_batch, 256)
+    _positive("--frames-per-chunk", getattr(args, "frames_per_chunk", None), 4096)
+    opts = CodecOptions()
+    for name in ("prior_threads", "tile_batch", "frames_per_chunk"):
+        if getattr(args, name, None) is not None:
+            setattr(opts, name, getattr(args, name))
+    return opts
 
 
 def cmd_compress(args) -> int:
     base = _base()
-    from .api import CodecOptions, compress_file
+    from .api import compress_file
 
     inp = base.check_input(args.input)
-    out = base.check_output(args.output, [inp, *base.model_files(args.model), *_prior_files(args.prior)])
-    _positive("--prior-threads", args.prior_threads, 255)
-    _positive("--tile-batch", args.tile_batch, 64)
-    _positive("--frames-per-chunk", args.frames_per_chunk, 4096)
+    out = base.check_output(args.output, [inp, *base.model_files(args.model), *_prior_files(args.prior)],
+                            force=args.force)
+    opts = _options(args)
     base.setup_torch(args)
     model = base.resolve_model(args.model)
     prior = resolve_prior(args.prior, model)
-    opts = CodecOptions()
-    for name in ("prior_threads", "tile_batch", "frames_per_chunk"):
-        if getattr(args, name) is not None:
-            setattr(opts, name, getattr(args, name))
     warnings = []
     if prior is not None and prior.config.tokenizer_hash and prior.config.tokenizer_hash != model.weights_hash():
         warnings.append("the prior was trained on another tokenizer's tokens (decodable, but expect more bits)")
@@ -134,7 +150,11 @@ def add_decompress(sub) -> None:
     base.add_model_args(p)
     p.add_argument("--prior", default=None, metavar="DIR", help="the token prior the file was coded with")
     base.add_video_out_args(p)
+    _add_prior_runtime_args(p)
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help=f"refuse files whose frames have more than N pixels (default {Limits().max_pixels})")
     p.add_argument("--json", action="store_true", help="print statistics as JSON")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_decompress)
 
 
@@ -151,8 +171,14 @@ def cmd_decompress(args) -> int:
         if any(out.resolve() == Path(i).resolve() for i in inputs):
             raise base.InputError(f"{out}: refusing to overwrite the input")
     else:
-        out = base.check_output(out_arg, inputs)
-    header, _ = read_container(read_bsq(inp))  # a bad file fails here, before any model is loaded
+        out = base.check_output(out_arg, inputs, force=args.force)
+    opts = _options(args)
+    limits = Limits()
+    if args.max_pixels is not None:
+        _positive("--max-pixels", args.max_pixels, 1 << 40)
+        limits.max_pixels = args.max_pixels
+        limits.max_side = max(limits.max_side, min(args.max_pixels, 1 << 20))
+    header, _ = read_container(read_bsq(inp, limits), limits)  # a bad file fails here, before any model is loaded
     if header.coder != "raw" and (
             args.prior is not None and str(args.prior).lower() == "none" or args.prior is None and not _has_default_prior()):
         raise base.InputError(f"{inp}: coded with a {header.coder} prior (id {header.prior_id[:12]}...); "
@@ -166,7 +192,8 @@ def cmd_decompress(args) -> int:
         if short_id(prior.weights_hash()) != header.prior_id:  # not the embedded prior's file
             raise base.InputError(f"{inp}: coded with a {header.coder} prior (id {header.prior_id[:12]}...) that is "
                                   "not the embedded one; give it with --prior DIR")
-    stats = decompress_file(inp, out_arg, model, prior, crf=args.crf, lossless=args.lossless, amp=args.amp)
+    stats = decompress_file(inp, out_arg, model, prior, limits=limits, crf=args.crf, lossless=args.lossless,
+                            amp=args.amp, options=opts)
     if args.json:
         _print_json(stats)
     else:

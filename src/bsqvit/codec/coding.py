@@ -1,20 +1,17 @@
 """Entropy coding of token frames: raw bit fields, or a prior + constriction's range coder.
 
-Determinism (the trap: a transformer's probabilities computed in one batched pass and step by
-step differ in the last bits, and arithmetic decoding then derails). The rules here:
+Determinism, the rules (``docs/FORMAT.md`` specifies the bytes):
 
 1. **One code path.** :func:`code_frame_ar` and :func:`code_frame_parallel` are run by the
    encoder *and* the decoder; they differ only in the :class:`SymbolCoder` they are given (one
-   encodes the known symbol, the other decodes it). The encoder therefore evaluates the prior
-   with exactly the decoder's steps, batch shapes and inputs.
-2. **Integer probabilities.** Logits (fp32) become integer frequencies summing to
-   ``2^prob_bits`` (:func:`quantize_logits`: float64 softmax in NumPy, floor, at least 1 per
-   symbol, the remainder to the most probable symbol); the coder receives these integers.
-3. **Pinned numerics.** The prior runs in fp32 with ``torch.set_num_threads(prior_threads)`` (a
-   header field, 1 by default) whatever the caller's thread count (:func:`pinned_threads`), in
-   tile batches of a fixed size (``tile_batch``, also in the header).
-4. **Detection.** Every chunk stores the CRC32 of its tokens; a decoder that drifted (other
-   weights, another platform's arithmetic) reports an error instead of producing garbage.
+   encodes the known symbol, the other decodes it).
+2. **Integer arithmetic.** The prior is evaluated by its integer twin
+   (:class:`~bsqvit.codec.intprior.IntPrior`): the frequencies the coder receives are exact
+   integers computed from the weights and the tokens already coded, whatever the machine, thread
+   count, tile batch or device. Tile batches and threads are therefore run-time choices, not
+   format fields.
+3. **Detection.** Every chunk stores the CRC32 of its tokens and the header a digest of all of
+   them; a decoder given other weights reports an error instead of producing garbage.
 """
 
 from __future__ import annotations
@@ -25,11 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .intprior import IntPrior
 from .prior import join_groups, pass_map, split_groups, tile_layout
 
 DEFAULT_PROB_BITS = 16
-DEFAULT_PRIOR_THREADS = 1
-DEFAULT_TILE_BATCH = 16
+DEFAULT_TILE_BATCH = 32
 
 
 class DecodeError(ValueError):
@@ -60,29 +57,10 @@ def unpack_raw(data: bytes, n_tokens: int, bits: int) -> np.ndarray:
     return (b << shifts).sum(1).astype(np.int64)
 
 
-# ---- probabilities -------------------------------------------------------------------------------
-def quantize_logits(logits: torch.Tensor, prob_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """fp32 logits (M, K) -> (integer frequencies (M, K) summing to 2^prob_bits, float64 probabilities).
-
-    Every symbol gets at least 1; the remainder of the floor goes to the first most probable
-    symbol. Pure NumPy float64 on a fixed array: the same input gives the same integers.
-    """
-    lg = logits.detach().to("cpu", torch.float32).numpy().astype(np.float64)
-    M, K = lg.shape
-    lg = lg - lg.max(axis=1, keepdims=True)
-    e = np.exp(lg)
-    p = e / e.sum(axis=1, keepdims=True)
-    total = 1 << prob_bits
-    f = np.floor(p * float(total - K)).astype(np.int64) + 1
-    rem = total - f.sum(axis=1)
-    f[np.arange(M), np.argmax(f, axis=1)] += rem
-    return f, p
-
-
 @dataclass
 class CodingStats:
     symbols: int = 0
-    ideal_bits: float = 0.0  # -sum log2 p under the prior's float probabilities
+    ideal_bits: float = 0.0  # -sum log2 p under the prior's integer softmax (before frequency rounding)
     model_bits: float = 0.0  # -sum log2 p under the integer frequencies the coder used
 
     def add(self, other: "CodingStats") -> None:
@@ -110,10 +88,11 @@ class SymbolCoder:
             self._coder = constriction.stream.queue.RangeDecoder(self.data)
             self.encoding = False
 
-    def code(self, logits: torch.Tensor, symbols: np.ndarray | None) -> np.ndarray:
-        """Code one symbol per row of ``logits`` (M, K); returns the symbols (int64, (M,))."""
-        f, p = quantize_logits(logits, self.prob_bits)
-        probs = f.astype(np.float64)
+    def code(self, freqs: torch.Tensor, weights: torch.Tensor, symbols: np.ndarray | None) -> np.ndarray:
+        """Code one symbol per row of the integer ``freqs`` (M, K) (summing to ``2^prob_bits``);
+        ``weights`` are the exp weights they came from (statistics only). Returns the symbols."""
+        f = freqs.cpu().numpy()
+        probs = f.astype(np.float64)  # integers below 2^24: exact
         if self.encoding:
             sym = np.ascontiguousarray(symbols, dtype=np.int32)
             self._coder.encode(sym, self._family, probs)
@@ -124,8 +103,9 @@ class SymbolCoder:
                 raise DecodeError(f"range decoding failed ({type(e).__name__})") from None
         sym = np.asarray(sym, dtype=np.int64)
         rows = np.arange(len(sym))
+        w = weights.cpu().numpy()
         self.stats.symbols += len(sym)
-        self.stats.ideal_bits += float(-np.log2(np.maximum(p[rows, sym], 1e-300)).sum())
+        self.stats.ideal_bits += float(-np.log2(np.maximum(w[rows, sym] / w.sum(1), 2.0 ** -60)).sum())
         self.stats.model_bits += float(-np.log2(f[rows, sym] / float(1 << self.prob_bits)).sum())
         return sym
 
@@ -146,10 +126,12 @@ def decoder_for(payload: bytes | memoryview, prob_bits: int) -> SymbolCoder:
 
 
 @contextlib.contextmanager
-def pinned_threads(n: int):
-    """Run the prior with exactly ``n`` torch threads (restored afterwards), no autograd."""
+def prior_threads(n: int | None):
+    """Run the prior under ``torch.inference_mode`` with ``n`` torch threads (None: unchanged).
+    The integer arithmetic gives the same results with any thread count; this only sets speed."""
     old = torch.get_num_threads()
-    torch.set_num_threads(n)
+    if n:
+        torch.set_num_threads(n)
     try:
         with torch.inference_mode():
             yield
@@ -157,7 +139,24 @@ def pinned_threads(n: int):
         torch.set_num_threads(old)
 
 
+def as_engine(prior):
+    """The integer engine of a :class:`TokenPrior` (built once and kept on the prior)."""
+    if isinstance(prior, IntPrior):
+        return prior
+    key = prior.weights_hash()
+    cached = getattr(prior, "_int_engine", None)
+    if cached is None or cached[0] != key:
+        cached = (key, IntPrior(prior))
+        prior._int_engine = cached
+    return cached[1]
+
+
 # ---- frames through a prior --------------------------------------------------------------------------
+# The symbol order of a frame is canonical (docs/FORMAT.md section 5) and does not depend on how
+# many tiles are evaluated together: ``ar`` codes, for each raster step t, for each group k, the
+# tiles that have a position t, in tile order; ``parallel`` codes, for each pass s, for each group
+# k, the positions of pass s, tile-major then raster. ``tile_batch`` tiles share one transformer
+# call; the batches of a step are all evaluated before its symbols are coded.
 def _tile_batches(h: int, w: int, tile, batch: int):
     layout = tile_layout(h, w, tile)
     return [layout[i : i + batch] for i in range(0, len(layout), batch)]
@@ -173,114 +172,127 @@ def _pad_tiles(grid: np.ndarray | None, tiles, tile) -> torch.Tensor | None:
     return out
 
 
+def _code_groups(prior, coder: SymbolCoder, feats: torch.Tensor, want: np.ndarray | None) -> torch.Tensor:
+    """Code the groups of one token per row of ``feats`` (M, D), group by group; returns the tokens (M,)."""
+    c = prior.config
+    groups = torch.zeros(feats.shape[0], c.groups, dtype=torch.int64)
+    for k in range(c.groups):
+        f, e = prior.group_frequencies(feats, k, groups[:, :k].to(feats.device) if k else None, coder.prob_bits)
+        groups[:, k] = torch.from_numpy(coder.code(f, e, None if want is None else want[:, k]))
+    return join_groups(groups, c.bits, c.group_bits)
+
+
 def code_frame_ar(prior, coder: SymbolCoder, h: int, w: int, tokens: np.ndarray | None,
                   prev: np.ndarray | None, tile_batch: int) -> np.ndarray:
     """Encode (``tokens`` given) or decode one (h, w) frame with an ``ar`` prior; returns the tokens.
 
-    Tiles of a batch advance in lockstep, one raster position per step; a tile that is done
-    keeps computing on placeholders whose outputs are never coded.
+    All tiles advance in lockstep, one raster position per step (a tile that is done computes on
+    placeholders whose outputs are never coded).
     """
     c = prior.config
-    G, gb, L = c.groups, c.group_bits, c.bits
+    batches = _tile_batches(h, w, c.tile, tile_batch)
+    tiles = [t for batch in batches for t in batch]
+    states = [prior.ar_init([(r, q) for _, _, r, q in batch], _pad_tiles(prev, batch, c.tile)) for batch in batches]
+    known = None
+    if tokens is not None:
+        known = [split_groups(torch.from_numpy(np.ascontiguousarray(tokens[r0 : r0 + r, c0 : c0 + q])).reshape(-1),
+                              c.bits, c.group_bits).numpy() for r0, c0, r, q in tiles]
     out = np.zeros((h, w), np.int64)
-    for tiles in _tile_batches(h, w, c.tile, tile_batch):
-        shapes = [(r, q) for _, _, r, q in tiles]
-        B = len(tiles)
-        state = prior.ar_init(shapes, _pad_tiles(prev, tiles, c.tile))
-        known = None
-        if tokens is not None:
-            known = [split_groups(torch.from_numpy(np.ascontiguousarray(tokens[r0 : r0 + r, c0 : c0 + q])).reshape(-1),
-                                  L, gb).numpy() for r0, c0, r, q in tiles]
-        inp = torch.zeros(B, dtype=torch.int64)
-        for t in range(state["N"]):
-            feat = prior.ar_step(state, t, inp)
-            active = [b for b, (r, q) in enumerate(shapes) if t < r * q]
-            act = torch.tensor(active, dtype=torch.int64)
-            fa = feat[act]
-            groups = torch.zeros(len(active), G, dtype=torch.int64)
-            for k in range(G):
-                logits = prior.group_logits(fa, k, groups[:, :k] if k else None)
-                want = None if known is None else np.array([known[b][t, k] for b in active], np.int64)
-                groups[:, k] = torch.from_numpy(coder.code(logits, want))
-            tok = join_groups(groups, L, gb)
-            inp = torch.zeros(B, dtype=torch.int64)
-            inp[act] = tok
-            for i, b in enumerate(active):
-                r0, c0, _, q = tiles[b]
-                out[r0 + t // q, c0 + t % q] = int(tok[i])
+    inp = torch.zeros(len(tiles), dtype=torch.int64)
+    offsets = np.cumsum([0] + [len(b) for b in batches])
+    for t in range(max(r * q for _, _, r, q in tiles)):
+        feats = torch.cat([prior.ar_step(st, t, inp[offsets[i] : offsets[i + 1]]).cpu()
+                           for i, st in enumerate(states) if t < st["N"]] or [torch.zeros(0)])
+        live = [i for i, st in enumerate(states) if t < st["N"]]
+        rows = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in live])  # tiles behind `feats`
+        active = [j for j, b in enumerate(rows.tolist()) if t < tiles[b][2] * tiles[b][3]]
+        idx = rows[active]
+        want = None if known is None else np.stack([known[b][t] for b in idx.tolist()])
+        tok = _code_groups(prior, coder, feats[active], want)
+        inp = torch.zeros(len(tiles), dtype=torch.int64)
+        inp[idx] = tok
+        for i, b in enumerate(idx.tolist()):
+            r0, c0, _, q = tiles[b]
+            out[r0 + t // q, c0 + t % q] = int(tok[i])
     return out
+
+
+def _pass_inputs(tiles, pms, dec, s):
+    """Padded inputs of pass ``s`` for a batch of tiles: tokens, rows, cols, visible, valid, target."""
+    seqs = [np.nonzero(pm <= s)[0] for pm in pms]
+    B, n = len(tiles), max(len(q) for q in seqs)
+    tok, rows, cols = (torch.zeros(B, n, dtype=torch.int64) for _ in range(3))
+    vis, valid, tgt = (torch.zeros(B, n, dtype=torch.bool) for _ in range(3))
+    for b, ((_, _, r, q), seq) in enumerate(zip(tiles, seqs)):
+        m = len(seq)
+        tok[b, :m] = torch.from_numpy(dec[b][seq])
+        rows[b, :m] = torch.from_numpy(seq // q)
+        cols[b, :m] = torch.from_numpy(seq % q)
+        vis[b, :m] = torch.from_numpy(pms[b][seq] < s)
+        tgt[b, :m] = torch.from_numpy(pms[b][seq] == s)
+        valid[b, :m] = True
+    return seqs, tok, rows, cols, vis, valid, tgt
 
 
 def code_frame_parallel(prior, coder: SymbolCoder, h: int, w: int, tokens: np.ndarray | None,
                         prev: np.ndarray | None, tile_batch: int) -> np.ndarray:
     """Encode or decode one (h, w) frame with a ``parallel`` prior, pass by pass (fixed schedule).
 
-    Pass ``s`` runs the transformer on the positions of passes ``<= s`` of every tile of the batch
-    (padded to the longest tile, padding masked out), then codes the positions of pass ``s`` in
-    tile-major, raster order, group by group.
+    Pass ``s`` runs the transformer on the positions of passes ``<= s`` of every tile (padded to
+    the longest tile of its batch, padding masked out), then codes the positions of pass ``s``.
     """
     c = prior.config
-    G, gb, L = c.groups, c.group_bits, c.bits
     th, tw = c.tile
-    out = np.zeros((h, w), np.int64)
-    for tiles in _tile_batches(h, w, c.tile, tile_batch):
-        B = len(tiles)
-        cond_grid = None
+    batches = _tile_batches(h, w, c.tile, tile_batch)
+    tiles = [t for batch in batches for t in batch]
+    conds = []
+    for batch in batches:
+        cond = None
         if c.video:
-            valid_grid = torch.zeros(B, th, tw, dtype=torch.bool)
-            for b, (_, _, r, q) in enumerate(tiles):
+            valid_grid = torch.zeros(len(batch), th, tw, dtype=torch.bool)
+            for b, (_, _, r, q) in enumerate(batch):
                 valid_grid[b, :r, :q] = True
-            cond_grid = prior.condition(_pad_tiles(prev, tiles, c.tile), valid_grid, B, th, tw)
-        pms = [pass_map(r, q, c.passes, c.schedule).reshape(-1) for _, _, r, q in tiles]
-        dec = [np.zeros(r * q, np.int64) for _, _, r, q in tiles]  # tokens decoded so far, per tile
-        truth = None
-        if tokens is not None:
-            truth = [np.ascontiguousarray(tokens[r0 : r0 + r, c0 : c0 + q]).reshape(-1) for r0, c0, r, q in tiles]
-        for s in range(c.passes):
-            seqs = [np.nonzero(pm <= s)[0] for pm in pms]
-            if not any((pm == s).any() for pm in pms):
-                continue
-            n = max(len(q) for q in seqs)
-            tok = torch.zeros(B, n, dtype=torch.int64)
-            rows = torch.zeros(B, n, dtype=torch.int64)
-            cols = torch.zeros(B, n, dtype=torch.int64)
-            vis = torch.zeros(B, n, dtype=torch.bool)
-            valid = torch.zeros(B, n, dtype=torch.bool)
-            tgt = torch.zeros(B, n, dtype=torch.bool)
-            for b, ((_, _, r, q), seq) in enumerate(zip(tiles, seqs)):
-                m = len(seq)
-                tok[b, :m] = torch.from_numpy(dec[b][seq])
-                rows[b, :m] = torch.from_numpy(seq // q)
-                cols[b, :m] = torch.from_numpy(seq % q)
-                vis[b, :m] = torch.from_numpy(pms[b][seq] < s)
-                tgt[b, :m] = torch.from_numpy(pms[b][seq] == s)
-                valid[b, :m] = True
+            cond = prior.condition(_pad_tiles(prev, batch, c.tile), valid_grid, len(batch), th, tw)
+        conds.append(cond)
+    pms = [pass_map(r, q, c.passes, c.schedule).reshape(-1) for _, _, r, q in tiles]
+    dec = [np.zeros(r * q, np.int64) for _, _, r, q in tiles]  # tokens decoded so far, per tile
+    truth = None
+    if tokens is not None:
+        truth = [np.ascontiguousarray(tokens[r0 : r0 + r, c0 : c0 + q]).reshape(-1) for r0, c0, r, q in tiles]
+    offsets = np.cumsum([0] + [len(b) for b in batches])
+    for s in range(c.passes):
+        if not any((pm == s).any() for pm in pms):
+            continue
+        feats, targets = [], []  # targets: (tile, positions) in coding order
+        for i, batch in enumerate(batches):
+            lo, hi = offsets[i], offsets[i + 1]
+            seqs, tok, rows, cols, vis, valid, tgt = _pass_inputs(batch, pms[lo:hi], dec[lo:hi], s)
             cond = None
-            if cond_grid is not None:
-                cond = cond_grid[torch.arange(B)[:, None], rows * tw + cols]
+            if conds[i] is not None:
+                cond = conds[i][torch.arange(len(batch))[:, None], (rows * tw + cols).to(conds[i].device)]
             feat = prior.parallel_features(tok, rows, cols, vis, None if bool(valid.all()) else valid, cond)
             bi, ii = torch.nonzero(tgt, as_tuple=True)  # tile-major, raster order
-            fs = feat[bi, ii]
-            want = None
-            if truth is not None:
-                want = split_groups(torch.from_numpy(np.concatenate(
-                    [truth[b][seqs[b][pms[b][seqs[b]] == s]] for b in range(B)])), L, gb).numpy()
-            groups = torch.zeros(len(bi), G, dtype=torch.int64)
-            for k in range(G):
-                logits = prior.group_logits(fs, k, groups[:, :k] if k else None)
-                groups[:, k] = torch.from_numpy(coder.code(logits, None if want is None else want[:, k]))
-            coded = join_groups(groups, L, gb).numpy()
-            start = 0
-            for b in range(B):
-                idx = seqs[b][pms[b][seqs[b]] == s]
-                dec[b][idx] = coded[start : start + len(idx)]
-                start += len(idx)
-        for b, (r0, c0, r, q) in enumerate(tiles):
-            out[r0 : r0 + r, c0 : c0 + q] = dec[b].reshape(r, q)
+            feats.append(feat[bi.to(feat.device), ii.to(feat.device)].cpu())
+            targets += [(lo + b, seqs[b][pms[lo + b][seqs[b]] == s]) for b in range(len(batch))]
+        want = None
+        if truth is not None:
+            want = split_groups(torch.from_numpy(np.concatenate([truth[b][idx] for b, idx in targets])),
+                                c.bits, c.group_bits).numpy()
+        coded = _code_groups(prior, coder, torch.cat(feats), want).numpy()
+        start = 0
+        for b, idx in targets:
+            dec[b][idx] = coded[start : start + len(idx)]
+            start += len(idx)
+    out = np.zeros((h, w), np.int64)
+    for b, (r0, c0, r, q) in enumerate(tiles):
+        out[r0 : r0 + r, c0 : c0 + q] = dec[b].reshape(r, q)
     return out
 
 
-def code_frame(prior, coder: SymbolCoder, h: int, w: int, tokens, prev, tile_batch: int) -> np.ndarray:
-    fn = code_frame_ar if prior.config.kind == "ar" else code_frame_parallel
-    return fn(prior, coder, h, w, tokens, prev, tile_batch)
+def code_frame(prior, coder: SymbolCoder, h: int, w: int, tokens, prev, tile_batch: int = DEFAULT_TILE_BATCH) -> np.ndarray:
+    """Encode (``tokens`` given) or decode one (h, w) frame with a prior (float or integer: the
+    integer engine runs either way). ``tile_batch`` tiles are evaluated together (speed only)."""
+    engine = as_engine(prior)
+    fn = code_frame_ar if engine.config.kind == "ar" else code_frame_parallel
+    return fn(engine, coder, h, w, tokens, prev, tile_batch)
 

@@ -1,20 +1,21 @@
 """The ``.bsq`` container: a small binary header and a chunked, CRC-protected payload.
 
-Layout (little-endian; the full specification and the compatibility rule are in
-``docs/CODEC.md``)::
+Layout (little-endian; ``docs/FORMAT.md`` is the specification)::
 
     magic        4  b"\\x89BSQ"
-    major        1  format major version (this module: 1)
+    major        1  format major version (this module: 2)
     minor        1  format minor version (this module: 0)
     body_len     2  length of the header body
-    body         body_len bytes: HEADER_STRUCT fields, then ext_len (u16) + ext (zlib JSON)
+    body         body_len bytes: HEADER_STRUCT fields, then ext_len (u16) + ext (zlib, flat JSON)
     header_crc   4  CRC32 of everything above
     chunks       n_chunks x { payload_len u32, payload_crc u32, tokens_crc u32, payload }
 
-``payload_crc`` is the CRC32 of the chunk's index (u32) followed by its payload: it detects
-corruption, truncation and reordering *before* anything is decoded. ``tokens_crc`` is the CRC32
-of the chunk's decoded tokens (int64, little-endian): it detects a decoder that drifted from the
-encoder (other weights, other numerics) *after* decoding, instead of producing garbage.
+``payload_crc`` is the CRC32 of the chunk's index (u32) followed by its payload, started from
+``header_crc`` instead of 0: it ties every chunk to its file's header (and through the header's
+token digest, to its content) and detects corruption, truncation, reordering and splicing
+*before* anything is decoded. ``tokens_crc`` is the CRC32 of the chunk's decoded tokens (int64,
+little-endian) and the header holds the first 16 bytes of the SHA-256 of all tokens: both are
+checked after decoding.
 
 Every size a header declares is checked against :class:`Limits` and against the bytes actually
 present before anything is allocated; every error is a :class:`BSQFormatError` (an
@@ -23,31 +24,36 @@ present before anything is allocated; every error is a :class:`BSQFormatError` (
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import struct
 import zlib
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from ..io import InputError
 
 MAGIC = b"\x89BSQ"
-MAJOR, MINOR = 1, 0
+MAJOR, MINOR = 2, 0
 
 CODERS = {"raw": 0, "ar": 1, "parallel": 2}
 MEDIA = {"image": 0, "video": 1}
 PAD_MODES = {"replicate": 0, "reflect": 1, "constant": 2}
 SCHEDULE_IDS = {"none": 0, "quadtree": 1, "random": 2}
+ARITHMETIC_IDS = {"none": 0, "int-fx12": 1}
 FLAG_VIDEO_COND = 1
 
-# tokenizer id, prior id, media, coder, bits, group bits, patch, chunk_frames, H, W, T, fps,
-# pad bottom, pad right, pad mode, tile h, tile w, passes, schedule, prior threads, prob bits,
-# flags, tile batch, frames per chunk, n_chunks
-HEADER_STRUCT = struct.Struct("<16s16sBBBBHHIIIdHHBHHBBBBBHHI")
+# tokenizer id, prior id, tokens digest, media, coder, bits, group bits, patch, chunk_frames, H, W,
+# T, fps, pad bottom, pad right, pad mode, tile h, tile w, passes, schedule, arithmetic, prob bits,
+# flags, frames per chunk, n_chunks
+HEADER_STRUCT = struct.Struct("<16s16s16sBBBBHHIIIdHHBHHBBBBBHI")
+EXT_MAX_KEYS = 64  # the extension is a flat JSON object of at most 64 scalar entries
+EXT_MAX_STRING = 256
 CHUNK_STRUCT = struct.Struct("<III")
 PREFIX = struct.Struct("<4sBBH")
 ID_BYTES = 16
-MAX_TILE_BATCH = 64  # bounds the prior's key/value cache a header can ask for
 
 
 class BSQFormatError(InputError):
@@ -58,11 +64,11 @@ class BSQFormatError(InputError):
 class Limits:
     """Upper bounds checked before allocating anything a header declares."""
 
-    max_side: int = 32768  # pixels, H and W
-    max_pixels: int = 1 << 26  # per frame (about 67 Mpx)
+    max_side: int = 16384  # pixels, H and W
+    max_pixels: int = 1 << 25  # per frame (about 33.5 Mpx)
     max_frames: int = 1 << 20
-    max_tokens: int = 1 << 31  # over the whole file
-    max_ext: int = 1 << 16  # bytes of decompressed extension JSON
+    max_tokens: int = 1 << 28  # over the whole file
+    max_ext: int = 1 << 14  # bytes of decompressed extension JSON
 
 
 @dataclass
@@ -89,10 +95,10 @@ class Header:
     tile: tuple[int, int] = (0, 0)
     passes: int = 0
     schedule: str = "none"
-    prior_threads: int = 0
+    arithmetic: str = "none"  # the prior's arithmetic (docs/FORMAT.md section 4)
     prob_bits: int = 0
     video_cond: bool = False
-    tile_batch: int = 0
+    tokens_digest: str = ""  # hex, first 16 bytes of the SHA-256 of all tokens (int64 little-endian)
     ext: dict = field(default_factory=dict)
     version: tuple[int, int] = (MAJOR, MINOR)
 
@@ -148,7 +154,7 @@ def check_header(h: Header, limits: Limits) -> None:
     def bad(msg):
         raise BSQFormatError(f"bad header: {msg}")
 
-    if h.media not in MEDIA or h.coder not in CODERS or h.pad_mode not in PAD_MODES:
+    if h.media not in MEDIA or h.coder not in CODERS or h.pad_mode not in PAD_MODES or h.arithmetic not in ARITHMETIC_IDS:
         bad("unknown media, coder or pad mode")
     if not (1 <= h.bits <= 63):
         bad(f"bits per token {h.bits} not in 1..63")
@@ -174,8 +180,8 @@ def check_header(h: Header, limits: Limits) -> None:
     if h.n_chunks != len(h.chunk_frame_counts()):
         bad(f"{h.n_chunks} chunks for {h.frames} frames of {h.frames_per_chunk}")
     if h.coder == "raw":
-        if (h.prior_id or h.group_bits or h.passes or h.schedule != "none" or h.tile != (0, 0) or h.prior_threads
-                or h.prob_bits or h.video_cond or h.tile_batch):
+        if (h.prior_id or h.group_bits or h.passes or h.schedule != "none" or h.tile != (0, 0)
+                or h.arithmetic != "none" or h.prob_bits or h.video_cond):
             bad("raw coding with prior fields")
     else:
         if not h.prior_id:
@@ -184,8 +190,12 @@ def check_header(h: Header, limits: Limits) -> None:
             bad(f"group bits {h.group_bits}")
         if not (1 <= h.tile[0] <= 1024 and 1 <= h.tile[1] <= 1024):
             bad(f"tile {h.tile}")
-        if not (1 <= h.prior_threads <= 255) or not (8 <= h.prob_bits <= 24) or not (1 <= h.tile_batch <= MAX_TILE_BATCH):
-            bad("prior threads, probability bits or tile batch")
+        if h.arithmetic not in ARITHMETIC_IDS or h.arithmetic == "none":
+            bad(f"prior arithmetic {h.arithmetic!r}")
+        if h.tile[0] * h.tile[1] > 8192:
+            bad(f"tile {h.tile} has more than 8192 tokens")
+        if not (8 <= h.prob_bits <= 24):
+            bad("probability bits")
         if h.prob_bits < h.group_bits + 2:
             bad("probability bits too small for the alphabet")
         if h.coder == "parallel" and (h.schedule not in ("quadtree", "random") or not (1 <= h.passes <= 64)):
@@ -194,26 +204,79 @@ def check_header(h: Header, limits: Limits) -> None:
             bad("ar coding with a schedule")
 
 
+def check_ext(ext) -> None:
+    """The extension is a flat object: at most EXT_MAX_KEYS string keys, values None, bool, int,
+    float or strings of at most EXT_MAX_STRING characters."""
+    if not isinstance(ext, dict) or len(ext) > EXT_MAX_KEYS:
+        raise BSQFormatError(f"bad header extension (not a mapping of at most {EXT_MAX_KEYS} entries)")
+    for k, v in ext.items():
+        if not isinstance(k, str) or len(k) > EXT_MAX_STRING:
+            raise BSQFormatError("bad header extension (key)")
+        if isinstance(v, str) and len(v) > EXT_MAX_STRING or not isinstance(v, (type(None), bool, int, float, str)):
+            raise BSQFormatError(f"bad header extension (value of {k[:32]!r} is not a short scalar)")
+        if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 64:
+            raise BSQFormatError(f"bad header extension (integer {k[:32]!r} out of range)")
+
+
+def _nesting_depth(raw: bytes) -> int:
+    """Deepest bracket nesting of a JSON text, outside strings (a bounded scan before json.loads)."""
+    depth = deepest = 0
+    in_str = esc = False
+    for ch in raw:
+        if in_str:
+            esc, in_str = (False, in_str) if esc else (ch == 0x5C, ch != 0x22)
+        elif ch == 0x22:
+            in_str = True
+        elif ch in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def _parse_ext(blob: bytes, limits: Limits) -> dict:
+    d = zlib.decompressobj()
+    try:
+        raw = d.decompress(blob, limits.max_ext)
+        if d.unconsumed_tail or not d.eof or d.unused_data:
+            raise BSQFormatError("header extension too large or truncated")
+        if _nesting_depth(raw) > 1:
+            raise BSQFormatError("bad header extension (nested values)")
+        ext = json.loads(raw)
+    except (zlib.error, ValueError, RecursionError) as e:
+        if isinstance(e, BSQFormatError):
+            raise
+        raise BSQFormatError(f"bad header extension ({type(e).__name__})") from None
+    check_ext(ext)
+    return ext
+
+
+def _digest_bytes(hex_digest: str) -> bytes:
+    b = bytes.fromhex(hex_digest) if hex_digest else b""
+    if len(b) != ID_BYTES:
+        raise ValueError(f"tokens digest must be {ID_BYTES} bytes")
+    return b
+
+
 def pack_header(h: Header, limits: Limits | None = None) -> bytes:
     check_header(h, limits or Limits())
+    check_ext(h.ext)
     ext = zlib.compress(json.dumps(h.ext, sort_keys=True, separators=(",", ":")).encode(), 9) if h.ext else b""
     if len(ext) > 0xFFFF:
         raise ValueError("header extension too large")
     flags = FLAG_VIDEO_COND if h.video_cond else 0
     body = HEADER_STRUCT.pack(
-        id_bytes(h.tokenizer_id), id_bytes(h.prior_id), MEDIA[h.media], CODERS[h.coder], h.bits, h.group_bits,
-        h.patch_size, h.chunk_frames, h.height, h.width, h.frames, float(h.fps), h.pad_bottom, h.pad_right,
-        PAD_MODES[h.pad_mode], h.tile[0], h.tile[1], h.passes, SCHEDULE_IDS[h.schedule], h.prior_threads,
-        h.prob_bits, flags, h.tile_batch, h.frames_per_chunk, h.n_chunks,
+        id_bytes(h.tokenizer_id), id_bytes(h.prior_id), _digest_bytes(h.tokens_digest), MEDIA[h.media],
+        CODERS[h.coder], h.bits, h.group_bits, h.patch_size, h.chunk_frames, h.height, h.width, h.frames,
+        float(h.fps), h.pad_bottom, h.pad_right, PAD_MODES[h.pad_mode], h.tile[0], h.tile[1], h.passes,
+        SCHEDULE_IDS[h.schedule], ARITHMETIC_IDS[h.arithmetic], h.prob_bits, flags, h.frames_per_chunk, h.n_chunks,
     ) + struct.pack("<H", len(ext)) + ext
     head = PREFIX.pack(MAGIC, MAJOR, MINOR, len(body)) + body
     return head + struct.pack("<I", zlib.crc32(head))
 
 
-def unpack_header(data: bytes | memoryview, limits: Limits | None = None) -> tuple[Header, int]:
-    """Parse and check the header at the start of ``data``; returns it and the offset of the chunks."""
-    limits = limits or Limits()
-    data = memoryview(data)
+def _check_prefix(data: memoryview) -> tuple[int, int, int]:
     if len(data) < PREFIX.size:
         if bytes(data[:4]) != MAGIC[: len(data[:4])]:
             raise BSQFormatError("not a .bsq file (bad magic)")
@@ -221,8 +284,19 @@ def unpack_header(data: bytes | memoryview, limits: Limits | None = None) -> tup
     magic, major, minor, body_len = PREFIX.unpack_from(data, 0)
     if magic != MAGIC:
         raise BSQFormatError("not a .bsq file (bad magic)")
+    if major == 1:
+        raise BSQFormatError("this is a version 1.0 .bsq file, whose float prior does not decode portably; "
+                             f"this decoder reads version {MAJOR}.x: compress the source again")
     if major != MAJOR:
         raise BSQFormatError(f"unsupported .bsq format version {major}.{minor} (this decoder reads {MAJOR}.x)")
+    return major, minor, body_len
+
+
+def unpack_header(data: bytes | memoryview, limits: Limits | None = None) -> tuple[Header, int]:
+    """Parse and check the header at the start of ``data``; returns it and the offset of the chunks."""
+    limits = limits or Limits()
+    data = memoryview(data)
+    major, minor, body_len = _check_prefix(data)
     end = PREFIX.size + body_len
     if body_len < HEADER_STRUCT.size + 2 or body_len > HEADER_STRUCT.size + 2 + 0xFFFF:
         raise BSQFormatError(f"bad header length {body_len}")
@@ -232,53 +306,52 @@ def unpack_header(data: bytes | memoryview, limits: Limits | None = None) -> tup
     if zlib.crc32(data[:end]) != crc:
         raise BSQFormatError("corrupt .bsq header (CRC mismatch)")
     f = HEADER_STRUCT.unpack_from(data, PREFIX.size)
-    (tok_id, prior_id, media, coder, bits, gbits, patch, chunk_frames, H, W, T, fps, pb, pr, pad_mode, th, tw,
-     passes, sched, threads, prob_bits, flags, tile_batch, fpc, n_chunks) = f
+    (tok_id, prior_id, digest, media, coder, bits, gbits, patch, chunk_frames, H, W, T, fps, pb, pr, pad_mode,
+     th, tw, passes, sched, arith, prob_bits, flags, fpc, n_chunks) = f
     off = PREFIX.size + HEADER_STRUCT.size
     (ext_len,) = struct.unpack_from("<H", data, off)
     if off + 2 + ext_len != end:
         raise BSQFormatError("bad header extension length")
-    ext = {}
-    if ext_len:
-        d = zlib.decompressobj()
-        try:
-            raw = d.decompress(bytes(data[off + 2 : end]), limits.max_ext)
-            if d.unconsumed_tail or not d.eof:
-                raise BSQFormatError("header extension too large or truncated")
-            ext = json.loads(raw)
-        except (zlib.error, ValueError) as e:
-            raise BSQFormatError(f"bad header extension ({type(e).__name__})") from None
-        if not isinstance(ext, dict):
-            raise BSQFormatError("bad header extension (not a mapping)")
+    ext = _parse_ext(bytes(data[off + 2 : end]), limits) if ext_len else {}
+    if flags & ~FLAG_VIDEO_COND:
+        raise BSQFormatError(f"unknown header flags {flags:#x}")
     h = Header(
         media=_inv(MEDIA, media, "media"), coder=_inv(CODERS, coder, "coder"), tokenizer_id=tok_id.hex(),
         bits=bits, patch_size=patch, height=H, width=W, frames=T, fps=fps, pad_bottom=pb, pad_right=pr,
         pad_mode=_inv(PAD_MODES, pad_mode, "pad mode"), chunk_frames=chunk_frames, frames_per_chunk=fpc,
         n_chunks=n_chunks, prior_id=prior_id.hex() if any(prior_id) else None, group_bits=gbits, tile=(th, tw),
-        passes=passes, schedule=_inv(SCHEDULE_IDS, sched, "schedule"), prior_threads=threads, prob_bits=prob_bits,
-        video_cond=bool(flags & FLAG_VIDEO_COND), tile_batch=tile_batch, ext=ext, version=(major, minor),
+        passes=passes, schedule=_inv(SCHEDULE_IDS, sched, "schedule"),
+        arithmetic=_inv(ARITHMETIC_IDS, arith, "prior arithmetic"), prob_bits=prob_bits,
+        video_cond=bool(flags & FLAG_VIDEO_COND), tokens_digest=digest.hex(), ext=ext, version=(major, minor),
     )
-    if flags & ~FLAG_VIDEO_COND:
-        raise BSQFormatError(f"unknown header flags {flags:#x}")
     check_header(h, limits)
     return h, end + 4
 
 
-def chunk_crc(index: int, payload: bytes) -> int:
-    return zlib.crc32(payload, zlib.crc32(struct.pack("<I", index)))
+def header_crc(data: bytes | memoryview, chunks_offset: int) -> int:
+    """The header's CRC32 (the 4 bytes before the first chunk)."""
+    return struct.unpack_from("<I", data, chunks_offset - 4)[0]
+
+
+def chunk_crc(index: int, payload: bytes, seed: int) -> int:
+    """CRC32 of (index u32, payload), started from ``seed`` (the header's CRC32)."""
+    return zlib.crc32(payload, zlib.crc32(struct.pack("<I", index), seed))
 
 
 def tokens_crc(tokens) -> int:
-    import numpy as np
-
     return zlib.crc32(np.ascontiguousarray(tokens, dtype="<i8").tobytes())
 
 
-def pack_chunks(chunks: list[tuple[bytes, int]]) -> bytes:
-    """``[(payload, tokens_crc), ...]`` -> bytes."""
+def tokens_digest(tokens) -> str:
+    """Hex of the first 16 bytes of the SHA-256 of all tokens (int64 little-endian, raster order)."""
+    return hashlib.sha256(np.ascontiguousarray(tokens, dtype="<i8").tobytes()).digest()[:ID_BYTES].hex()
+
+
+def pack_chunks(chunks: list[tuple[bytes, int]], seed: int) -> bytes:
+    """``[(payload, tokens_crc), ...]`` -> bytes; ``seed``: the header's CRC32."""
     out = []
     for i, (payload, tcrc) in enumerate(chunks):
-        out.append(CHUNK_STRUCT.pack(len(payload), chunk_crc(i, payload), tcrc))
+        out.append(CHUNK_STRUCT.pack(len(payload), chunk_crc(i, payload, seed), tcrc))
         out.append(payload)
     return b"".join(out)
 
@@ -286,7 +359,8 @@ def pack_chunks(chunks: list[tuple[bytes, int]]) -> bytes:
 def write_container(h: Header, chunks: list[tuple[bytes, int]]) -> bytes:
     if len(chunks) != h.n_chunks:
         raise ValueError(f"{len(chunks)} chunks, header says {h.n_chunks}")
-    return pack_header(h) + pack_chunks(chunks)
+    head = pack_header(h)
+    return head + pack_chunks(chunks, header_crc(head, len(head)))
 
 
 def read_container(data: bytes, limits: Limits | None = None) -> tuple[Header, list[tuple[memoryview, int]]]:
@@ -296,6 +370,7 @@ def read_container(data: bytes, limits: Limits | None = None) -> tuple[Header, l
     """
     h, off = unpack_header(data, limits)
     mv = memoryview(data)
+    seed = header_crc(mv, off)
     chunks = []
     for i in range(h.n_chunks):
         if len(mv) - off < CHUNK_STRUCT.size:
@@ -306,7 +381,7 @@ def read_container(data: bytes, limits: Limits | None = None) -> tuple[Header, l
             raise BSQFormatError(f"truncated .bsq file (chunk {i} declares {n} bytes, {len(mv) - off} left)")
         payload = mv[off : off + n]
         off += n
-        if chunk_crc(i, payload) != crc:
+        if chunk_crc(i, payload, seed) != crc:
             raise BSQFormatError(f"corrupt .bsq file (chunk {i} CRC mismatch)")
         chunks.append((payload, tcrc))
     if off != len(mv):

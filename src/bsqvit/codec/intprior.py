@@ -1,0 +1,174 @@
+"""The integer inference engine of a :class:`~bsqvit.codec.prior.TokenPrior`.
+
+The float prior is what training optimises; :class:`IntPrior` is what the coder runs. It derives
+integer parameters from the float weights by exact rules (scaling by powers of two, round half
+to even: :mod:`.intops`) and evaluates the same network -- embeddings, pre-LN transformer blocks,
+group heads -- in exact integer arithmetic, ending in the integer frequencies the range coder
+uses. The frequencies are a pure function of (weights, tokens already decoded): the same on every
+machine, thread count, tile batch and device. ``docs/FORMAT.md`` specifies every step; the
+independent NumPy decoder in ``tests/numpy_decoder.py`` re-implements it from that text.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import intops as I
+from .prior import split_groups
+
+ARITHMETIC = "int-fx12"  # the name of this arithmetic in the header (docs/FORMAT.md section 4)
+ARITHMETIC_ID = 1
+
+
+class _IntBlock:
+    def __init__(self, blk, heads: int):
+        self.heads = heads
+        self.ln1, self.ln2 = I.IntLayerNorm(blk.ln1), I.IntLayerNorm(blk.ln2)
+        self.qkv, self.proj = I.IntLinear(blk.qkv), I.IntLinear(blk.proj)
+        self.fc1, self.fc2 = I.IntLinear(blk.fc1), I.IntLinear(blk.fc2)
+        D = blk.qkv.in_features
+        self.hd = D // heads
+        if self.hd > 64:
+            raise ValueError(f"head dimension {self.hd} > 64 is outside the integer range")
+        self.scale = I.inv_sqrt_q16(self.hd)
+
+    def _qkv(self, x: Tensor):
+        B, N, D = x.shape
+        return self.qkv(self.ln1(x)).view(B, N, 3, self.heads, self.hd).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def _out(self, x: Tensor, y: Tensor) -> Tensor:
+        B, N, D = x.shape
+        x = I.clamp_act(x + self.proj(y.transpose(1, 2).reshape(B, N, D)))
+        return I.clamp_act(x + self.fc2(I.gelu(self.fc1(self.ln2(x)))))
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        q, k, v = self._qkv(x)
+        return self._out(x, I.attention(q, k, v, self.scale, mask))
+
+    def step(self, x: Tensor, cache: Tensor, t: int) -> Tensor:
+        q, k, v = self._qkv(x)
+        cache[0, :, :, t : t + 1] = k
+        cache[1, :, :, t : t + 1] = v
+        return self._out(x, I.attention(q, cache[0, :, :, : t + 1], cache[1, :, :, : t + 1], self.scale, None))
+
+
+class _IntHead:
+    def __init__(self, head):
+        self.prev = [I.quantize_fixed(e.weight) for e in head.prev]
+        self.ln, self.fc1, self.fc2 = I.IntLayerNorm(head.ln), I.IntLinear(head.fc1), I.IntLinear(head.fc2)
+
+    def __call__(self, h: Tensor, prev_groups: Tensor | None) -> Tensor:
+        for j, emb in enumerate(self.prev):
+            h = I.clamp_act(h + emb[prev_groups[..., j]])
+        return self.fc2(I.gelu(self.fc1(self.ln(h))))
+
+
+class IntPrior:
+    """Integer twin of a :class:`TokenPrior` with the interface the coder uses."""
+
+    arithmetic = ARITHMETIC
+
+    def __init__(self, prior):
+        c = self.config = prior.config
+        if c.tile[0] * c.tile[1] > 8192:
+            raise ValueError(f"tile {c.tile} has more than 8192 tokens: outside the integer range")
+        self.device = prior.start.device
+        self.tok_emb = [I.quantize_fixed(e.weight) for e in prior.tok_emb]
+        self.row_emb, self.col_emb = I.quantize_fixed(prior.row_emb.weight), I.quantize_fixed(prior.col_emb.weight)
+        self.start = I.quantize_fixed(prior.start)
+        if c.video:
+            w = prior.prev_conv.weight  # (D, D, 3, 3) -> rows over (in channel, ky, kx), as unfold lays them
+            self.conv = I.IntLinear(_as_linear(w.reshape(w.shape[0], -1), prior.prev_conv.bias))
+            self.no_prev = I.quantize_fixed(prior.no_prev)
+        self.blocks = [_IntBlock(b, c.heads) for b in prior.blocks]
+        self.ln_f = I.IntLayerNorm(prior.ln_f)
+        self.heads = [_IntHead(h) for h in prior.heads]
+        self.weights_hash = prior.weights_hash
+
+    # ---- shared pieces ------------------------------------------------------------------------------
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        c = self.config
+        g = split_groups(tokens, c.bits, c.group_bits)
+        out = self.tok_emb[0][g[..., 0]]
+        for k in range(1, c.groups):
+            out = out + self.tok_emb[k][g[..., k]]
+        return I.clamp_act(out)
+
+    def positions(self, rows: Tensor, cols: Tensor) -> Tensor:
+        return self.row_emb[rows] + self.col_emb[cols]
+
+    def condition(self, prev: Tensor | None, valid: Tensor | None, batch: int, h: int, w: int) -> Tensor | None:
+        """Video conditioning (B, h*w, D): the 3x3 convolution of the previous frame's embeddings."""
+        if not self.config.video:
+            return None
+        D = self.config.width
+        if prev is None:
+            return self.no_prev.view(1, 1, D).expand(batch, h * w, D)
+        e = self.embed_tokens(prev.to(self.device))  # (B, h, w, D)
+        if valid is not None:
+            e = e * valid.to(self.device).unsqueeze(-1)
+        # im2col in float64 (exact: integers below 2^24), rows ordered (channel, ky, kx) like conv weights
+        cols = torch.nn.functional.unfold(e.permute(0, 3, 1, 2).to(torch.float64), 3, padding=1)
+        return self.conv(cols.transpose(1, 2).to(torch.int64))
+
+    def group_logits(self, h: Tensor, k: int, prev_groups: Tensor | None) -> Tensor:
+        return self.heads[k](h, prev_groups)
+
+    def group_frequencies(self, h: Tensor, k: int, prev_groups: Tensor | None, prob_bits: int):
+        return I.frequencies(self.group_logits(h, k, prev_groups), prob_bits)
+
+    # ---- ar -----------------------------------------------------------------------------------------
+    def ar_init(self, shapes: list[tuple[int, int]], prev: Tensor | None) -> dict:
+        c = self.config
+        B, th, tw = len(shapes), c.tile[0], c.tile[1]
+        N = max(r * q for r, q in shapes)
+        cache = torch.zeros(c.layers, 2, B, c.heads, N, c.width // c.heads, dtype=torch.int64, device=self.device)
+        valid = None
+        if prev is not None:
+            valid = torch.zeros(B, th, tw, dtype=torch.bool)
+            for b, (r, q) in enumerate(shapes):
+                valid[b, :r, :q] = True
+        return {"shapes": shapes, "cache": cache, "cond": self.condition(prev, valid, B, th, tw), "N": N}
+
+    def ar_step(self, state: dict, t: int, prev_tokens: Tensor) -> Tensor:
+        c = self.config
+        shapes = state["shapes"]
+        B, dev = len(shapes), self.device
+        rc = [divmod(t, q) if t < r * q else (0, 0) for r, q in shapes]
+        rows = torch.tensor([a for a, _ in rc], device=dev)
+        cols = torch.tensor([b for _, b in rc], device=dev)
+        x = self.start.view(1, -1).expand(B, -1) if t == 0 else self.embed_tokens(prev_tokens.to(dev))
+        x = x + self.positions(rows, cols)
+        if state["cond"] is not None:
+            x = x + state["cond"][torch.arange(B, device=dev), rows * c.tile[1] + cols]
+        x = I.clamp_act(x).unsqueeze(1)
+        for i, blk in enumerate(self.blocks):
+            x = blk.step(x, state["cache"][i], t)
+        return self.ln_f(x[:, 0])
+
+    # ---- parallel -----------------------------------------------------------------------------------
+    def parallel_features(self, tokens: Tensor, rows: Tensor, cols: Tensor, visible: Tensor,
+                          valid: Tensor | None, cond: Tensor | None) -> Tensor:
+        dev = self.device
+        tokens, rows, cols, visible = (t.to(dev) for t in (tokens, rows, cols, visible))
+        x = torch.where(visible.unsqueeze(-1), self.embed_tokens(tokens), self.start.view(1, 1, -1))
+        x = x + self.positions(rows, cols)
+        if cond is not None:
+            x = x + cond
+        x = I.clamp_act(x)
+        mask = None
+        if valid is not None and not bool(valid.all()):
+            mask = valid.to(dev)[:, None, None, :]
+        for blk in self.blocks:
+            x = blk.forward(x, mask)
+        return self.ln_f(x)
+
+
+def _as_linear(weight: Tensor, bias: Tensor | None) -> torch.nn.Linear:
+    lin = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return lin
