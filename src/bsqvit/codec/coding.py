@@ -141,7 +141,7 @@ def prior_threads(n: int | None):
 
 def as_engine(prior):
     """The integer engine of a :class:`TokenPrior` (built once and kept on the prior)."""
-    if isinstance(prior, IntPrior):
+    if isinstance(prior, IntPrior) or hasattr(prior, "group_frequencies"):  # already an engine
         return prior
     key = prior.weights_hash()
     cached = getattr(prior, "_int_engine", None)
@@ -201,8 +201,8 @@ def code_frame_ar(prior, coder: SymbolCoder, h: int, w: int, tokens: np.ndarray 
     inp = torch.zeros(len(tiles), dtype=torch.int64)
     offsets = np.cumsum([0] + [len(b) for b in batches])
     for t in range(max(r * q for _, _, r, q in tiles)):
-        feats = torch.cat([prior.ar_step(st, t, inp[offsets[i] : offsets[i + 1]]).cpu()
-                           for i, st in enumerate(states) if t < st["N"]] or [torch.zeros(0)])
+        feats = torch.cat([prior.ar_step(st, t, inp[offsets[i] : offsets[i + 1]])
+                           for i, st in enumerate(states) if t < st["N"]])
         live = [i for i, st in enumerate(states) if t < st["N"]]
         rows = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in live])  # tiles behind `feats`
         active = [j for j, b in enumerate(rows.tolist()) if t < tiles[b][2] * tiles[b][3]]
@@ -269,10 +269,11 @@ def code_frame_parallel(prior, coder: SymbolCoder, h: int, w: int, tokens: np.nd
             seqs, tok, rows, cols, vis, valid, tgt = _pass_inputs(batch, pms[lo:hi], dec[lo:hi], s)
             cond = None
             if conds[i] is not None:
-                cond = conds[i][torch.arange(len(batch))[:, None], (rows * tw + cols).to(conds[i].device)]
+                dev = conds[i].device
+                cond = conds[i][torch.arange(len(batch), device=dev)[:, None], (rows * tw + cols).to(dev)]
             feat = prior.parallel_features(tok, rows, cols, vis, None if bool(valid.all()) else valid, cond)
             bi, ii = torch.nonzero(tgt, as_tuple=True)  # tile-major, raster order
-            feats.append(feat[bi.to(feat.device), ii.to(feat.device)].cpu())
+            feats.append(feat[bi.to(feat.device), ii.to(feat.device)])
             targets += [(lo + b, seqs[b][pms[lo + b][seqs[b]] == s]) for b in range(len(batch))]
         want = None
         if truth is not None:

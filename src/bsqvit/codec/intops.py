@@ -1,20 +1,24 @@
 """Exact integer arithmetic for the token priors: the operations of ``docs/FORMAT.md`` section 4.
 
-Every function here maps integer tensors (int64) to integer tensors, and its result is a pure
-function of its inputs: no floating-point rounding can reach it. That is what makes a ``.bsq``
-file decode to the same tokens on every CPU, GPU, BLAS, thread count and PyTorch version.
+Every function here maps integers to integers, and its result is a pure function of its inputs:
+no floating-point rounding can reach it. That is what makes a ``.bsq`` file decode to the same
+tokens on every CPU, GPU, BLAS, thread count and PyTorch version.
 
 Fixed point: an activation ``a`` stands for the real number ``a / 2^FA``. Weights are rounded to
 at most 16-bit integers with a power-of-two scale per output row (:func:`quantize_rows`).
 
-Matrix products run on float64 BLAS (:func:`matmul`) yet are exact. Proof: every operand is an
-integer of magnitude below 2^53 and so exactly representable; every product and every partial
-sum of a dot product is an integer whose magnitude is at most ``sum_k |a_k| |b_k|``; when that
-bound is below 2^53 every intermediate value is an exactly representable integer, so each
-floating-point addition and multiplication (fused or not, in any order, blocked or not) is
-exact and the result is the true integer dot product. Callers state the bound (``bound`` =
-``K * max|a| * max|b|``) and :func:`matmul` asserts it, so a model whose sizes could break it is
-refused instead of decoded wrongly.
+**Representation.** At run time the integers are held in float64 tensors ("exact floats"), which
+lets the matrix products run on BLAS without conversions. This is exact because every value,
+every product and every partial sum stays an integer of magnitude below 2^53, which float64
+represents exactly; then each IEEE operation -- addition, multiplication (fused or not), in any
+order, blocked or not -- returns the exact integer result. The other operations used are exact
+too: scaling by a power of two (exponent change only), ``floor``, ``max``, comparisons, and
+``floor(n / d)`` for integers ``|n| < 2^53``, ``0 < d < 2^53`` (when ``n / d`` is not an integer
+it lies at least ``1/d`` from one, farther than the rounding error ``|n/d| 2^-53 < 1/d``, so
+rounding cannot cross an integer). Each function states its bound; :func:`matmul` asserts the
+caller's bound (``K * max|a| * max|b|``), so a model whose sizes could break it is refused
+instead of decoded wrongly. Where a bound would exceed 2^53 (LayerNorm's sum of squares) the
+computation switches to int64.
 
 Non-linearities use tables of integers defined by exact decimal arithmetic (Python's
 :mod:`decimal`, which is specified to the last digit on every platform): ``exp`` for the
@@ -99,52 +103,69 @@ def inv_sqrt_q16(n: int) -> int:
     return _round(c.divide(1 << 16, c.sqrt(decimal.Decimal(n))))
 
 
+def _gelu_fine() -> list[int]:
+    """The interpolated GELU of :func:`gelu` at every FA-fixed-point input of [-8, 8) (a cache of
+    the same integers: table entry + round_shift(slope * fraction, 4))."""
+    G, n = gelu_table(), 1 << GELU_STEP_BITS
+    return [G[i] + ((G[i + 1] - G[i]) * f + n // 2 >> GELU_STEP_BITS) for i in range(2 * GELU_HALF) for f in range(n)]
+
+
 _TABLES: dict = {}
 
 
 def table(name: str, device) -> Tensor:
+    """The exp or (fine) GELU table as an exact-float tensor on ``device`` (cached)."""
     key = (name, str(device))
     if key not in _TABLES:
-        values = exp_table() if name == "exp" else gelu_table()
-        _TABLES[key] = torch.tensor(values, dtype=torch.int64, device=device)
+        values = {"exp": exp_table, "gelu": _gelu_fine}[name]()
+        _TABLES[key] = torch.tensor(values, dtype=torch.float64, device=device)
     return _TABLES[key]
 
 
 # ---- quantization of the float weights (exact: scaling by powers of two, round half to even) ----------
+E_MAX = 36  # largest row exponent (a zero or tiny row): keeps accumulator + 2^(e-1) below 2^53
+
+
 def row_exponents(w: Tensor, bits: int = W_BITS) -> Tensor:
-    """Per row of ``w`` (..., K): the exponent ``e`` with ``max|row| * 2^e < 2^bits`` (0 for a zero row)."""
+    """Per row of ``w`` (..., K): ``e = min(bits - E, 36)`` where ``max|row| = f * 2^E``, ``0.5 <= f < 1``
+    (so ``max|row| * 2^e < 2^bits``); ``e = 36`` for a zero row."""
     m = w.detach().to(torch.float64).abs().amax(-1)
-    _, E = torch.frexp(m)  # m = f * 2^E, 0.5 <= f < 1
-    e = (bits - E.to(torch.int64)).where(m > 0, torch.zeros_like(E, dtype=torch.int64))
-    if bool((e < 0).any()) or bool((e > 62 - FA).any()):
-        raise ValueError("prior weights outside the integer range (|w| >= 2^15 or below 2^-35)")
+    _, E = torch.frexp(m)  # frexp(0) = (0, 0)
+    e = (bits - E.to(torch.int64)).clamp(max=E_MAX)
+    if bool((e < 0).any()):
+        raise ValueError("prior weights outside the integer range (|w| >= 2^15)")
     return e
 
 
 def quantize_rows(w: Tensor, bits: int = W_BITS) -> tuple[Tensor, Tensor]:
-    """(q, e): ``q = round(w * 2^e)`` (int64) with the exponent ``e`` of each row."""
+    """(q, e): ``q = round(w * 2^e)`` (exact floats) with the exponent ``e`` (int64) of each row."""
     e = row_exponents(w, bits)
-    q = torch.round(torch.ldexp(w.detach().to(torch.float64), e.unsqueeze(-1).to(torch.float64)))
-    return q.to(torch.int64), e
+    return torch.round(torch.ldexp(w.detach().to(torch.float64), e.unsqueeze(-1).to(torch.float64))), e
 
 
 def quantize_fixed(x: Tensor, frac: int = FA) -> Tensor:
-    """``round(x * 2^frac)`` clamped to the activation range (embeddings, biases)."""
+    """``round(x * 2^frac)`` clamped to the activation range (embeddings, biases), as exact floats."""
     q = torch.round(torch.ldexp(x.detach().to(torch.float64), torch.tensor(float(frac), dtype=torch.float64)))
-    return q.clamp(-ACT_MAX, ACT_MAX).to(torch.int64)
+    return q.clamp(-ACT_MAX, ACT_MAX)
 
 
 # ---- integer primitives --------------------------------------------------------------------------------
 def round_shift(a: Tensor, s: Tensor | int) -> Tensor:
-    """``floor((a + 2^(s-1)) / 2^s)``: division by ``2^s`` rounding halves up (``s >= 0``)."""
+    """``floor((a + 2^(s-1)) / 2^s)``: division by ``2^s`` rounding halves up (``s >= 0``; exact
+    floats need ``|a| + 2^(s-1) < 2^53``). ``s``: an int or a tensor broadcasting against ``a``."""
+    if a.is_floating_point():
+        s = torch.as_tensor(s, dtype=torch.float64, device=a.device)
+        return torch.floor((a + torch.floor(torch.ldexp(torch.ones_like(s), s - 1))) * torch.ldexp(torch.ones_like(s), -s))
     if isinstance(s, int):
         return a if s == 0 else (a + (1 << (s - 1))) >> s
-    half = (torch.ones_like(s) << s) >> 1
-    return (a + half) >> s
+    return (a + ((torch.ones_like(s) << s) >> 1)) >> s
 
 
 def div_round(a: Tensor, b: Tensor) -> Tensor:
-    """``floor((2a + b) / 2b)`` for ``b > 0``: the quotient rounded half up."""
+    """``floor((2a + b) / 2b)`` for ``b > 0``: the quotient rounded half up (exact floats need
+    ``|2a + b| < 2^53``)."""
+    if a.is_floating_point():
+        return torch.floor((2 * a + b) / (2 * b))
     return torch.div(2 * a + b, 2 * b, rounding_mode="floor")
 
 
@@ -156,40 +177,56 @@ def matmul(a: Tensor, b: Tensor, bound: int) -> Tensor:
     """Exact integer ``a @ b`` on float64 BLAS; ``bound`` >= K * max|a| * max|b| (asserted < 2^53)."""
     if bound >= EXACT:
         raise ValueError(f"integer matmul bound 2^{bound.bit_length() - 1} is not below 2^53")
-    return torch.matmul(a.to(torch.float64), b.to(torch.float64)).to(torch.int64)
+    return torch.matmul(a, b)
 
 
 def isqrt(v: Tensor) -> Tensor:
-    """``floor(sqrt(v))`` of non-negative int64 ``v < 2^62``, exactly (float estimate, integer fix-up)."""
+    """``floor(sqrt(v))`` of non-negative int64 ``v < 2^62``, exactly.
+
+    The float64 estimate is within 1 of the answer (``v`` converts with relative error <= 2^-53 and
+    sqrt is correctly rounded); one integer correction on each side makes it exact.
+    """
     r = torch.sqrt(v.to(torch.float64)).floor().to(torch.int64)
-    for _ in range(3):
-        r = torch.where(r * r > v, r - 1, r)
-        r = torch.where((r + 1) * (r + 1) <= v, r + 1, r)
-    return r
+    r = torch.where(r * r > v, r - 1, r)
+    return torch.where((r + 1) * (r + 1) <= v, r + 1, r)
+
+
+def _pow2(e: Tensor) -> tuple[Tensor, Tensor]:
+    """(2^(e-1) rounded down to an integer, 2^-e) as float64, for ``round_shift`` by ``e``."""
+    one = torch.ones_like(e, dtype=torch.float64)
+    return torch.floor(torch.ldexp(one, (e - 1).double())), torch.ldexp(one, (-e).double())
 
 
 class IntLinear:
-    """``y = round_shift(x @ q.T, e) + b``: a float ``nn.Linear`` as integers (see :func:`quantize_rows`)."""
+    """``y = clamp(round_shift(x @ q.T, e) + b)``: a float ``nn.Linear`` in integers (see
+    :func:`quantize_rows`). Exact: ``|x @ q.T| <= K * ACT_MAX * 2^15``, asserted below 2^53 - 2^35."""
 
     def __init__(self, linear: torch.nn.Linear):
         q, e = quantize_rows(linear.weight)
         self.qt = q.t().contiguous()  # (K, O)
-        self.e = e
-        self.b = quantize_fixed(linear.bias) if linear.bias is not None else torch.zeros_like(e)
+        self.half, self.inv = _pow2(e)
+        self.b = quantize_fixed(linear.bias) if linear.bias is not None else torch.zeros_like(self.half)
         self.bound = q.shape[1] * ACT_MAX * (1 << W_BITS)
-        if self.bound >= EXACT:
+        if self.bound + (1 << (E_MAX - 1)) >= EXACT:
             raise ValueError(f"a layer with {q.shape[1]} inputs is too wide for exact integer arithmetic")
 
     def __call__(self, x: Tensor) -> Tensor:
-        return clamp_act(round_shift(matmul(x, self.qt, self.bound), self.e) + self.b)
+        y = matmul(x, self.qt, self.bound)
+        y += self.half
+        y *= self.inv
+        return y.floor_().add_(self.b).clamp_(-ACT_MAX, ACT_MAX)
 
 
 class IntLayerNorm:
-    """LayerNorm over the last dimension in integers (mean, variance, integer square root)."""
+    """LayerNorm over the last dimension in integers: ``mu = div_round(sum x, D)``,
+    ``var = floor(sum (x - mu)^2 / D)`` (int64: the sum can pass 2^53),
+    ``std = isqrt((var + eps) << 14)``, ``n = div_round((x - mu) << 19, std)``,
+    ``y = clamp(round_shift(n * g, eg) + b)``."""
 
     def __init__(self, ln: torch.nn.LayerNorm):
-        self.g, self.eg = quantize_rows(ln.weight.view(1, -1))
-        self.g, self.eg = self.g[0], int(self.eg[0])
+        g, eg = quantize_rows(ln.weight.view(1, -1))
+        self.g, self.eg = g[0], int(eg[0])
+        self.half, self.inv = (float(t) for t in _pow2(eg[0]))
         self.b = quantize_fixed(ln.bias)
         self.eps = int(round(ln.eps * (1 << (2 * FA))))
         if ln.weight.shape[0] > 2048:
@@ -197,45 +234,52 @@ class IntLayerNorm:
 
     def __call__(self, x: Tensor) -> Tensor:
         D = x.shape[-1]
-        mu = div_round(x.sum(-1, keepdim=True), torch.tensor(D))
-        xc = x - mu
-        var = (xc * xc).sum(-1, keepdim=True) // D
-        std = isqrt((var + self.eps) << (2 * LN_EXTRA))  # std * 2^(FA + LN_EXTRA)
-        n = div_round(xc << (FA + LN_EXTRA), std)
-        return clamp_act(round_shift(n * self.g, self.eg) + self.b)
+        xc = x - div_round(x.sum(-1, keepdim=True), torch.tensor(float(D)))  # |x - mu| <= 2^24
+        xi = xc.to(torch.int64)
+        var = (xi * xi).sum(-1, keepdim=True) // D
+        std = isqrt((var + self.eps) << (2 * LN_EXTRA)).to(torch.float64)  # std * 2^(FA + LN_EXTRA) < 2^31
+        n = div_round(xc.mul_(float(1 << (FA + LN_EXTRA))), std)  # |n| <= sqrt(D) 2^FA: n * g < 2^34
+        n *= self.g
+        n += self.half
+        n *= self.inv
+        return n.floor_().add_(self.b).clamp_(-ACT_MAX, ACT_MAX)
 
 
 def gelu(x: Tensor) -> Tensor:
-    """GELU of FA-fixed-point ``x``: table lookup with linear interpolation on [-8, 8)."""
-    G = table("gelu", x.device)
+    """GELU of FA-fixed-point ``x``: ``x`` from 8 up, 0 below -8, and in between the table of
+    :func:`gelu_table` (steps of 2^-8) interpolated linearly:
+    ``G[i] + round_shift((G[i+1] - G[i]) * f, 4)`` with ``i = x >> 4`` (offset by 2048), ``f = x & 15``."""
     lo, hi = -(GELU_HALF << GELU_STEP_BITS), GELU_HALF << GELU_STEP_BITS
-    xc = x.clamp(lo, hi - 1)
-    i = (xc >> GELU_STEP_BITS) + GELU_HALF
-    fr = xc & ((1 << GELU_STEP_BITS) - 1)
-    y = G[i] + round_shift((G[i + 1] - G[i]) * fr, GELU_STEP_BITS)
-    return torch.where(x >= hi, x, torch.where(x < lo, torch.zeros_like(x), y))
+    i = x.clamp(lo, hi - 1).sub_(lo).to(torch.int64)
+    y = torch.take(table("gelu", x.device), i)  # gelu(-8) rounds to 0: the clamp covers x < -8
+    return torch.where(x >= hi, x, y)
 
 
 def exp_weights(d: Tensor) -> Tensor:
     """``EXP[min(d, EXP_LEN - 1)]`` for ``d >= 0`` in steps of 2^-8 nats."""
-    return table("exp", d.device)[d.clamp(0, EXP_LEN - 1)]
+    return torch.take(table("exp", d.device), d.clamp(0, EXP_LEN - 1).to(torch.int64))
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, scale: int, mask: Tensor | None) -> Tensor:
     """Softmax attention of (..., Nq, hd) queries over (..., Nk, hd) keys/values, in integers.
 
-    Scores: ``s = round_shift(round_shift(q.k, 2FA - 8) * scale, 16)`` (8 fractional bits,
-    ``scale = round(2^16 / sqrt(hd))``); weights ``EXP[max_j s - s]`` (0 where ``mask`` is False);
-    output ``div_round(sum_j w_j v_j, sum_j w_j)``.
+    Queries are scaled first, ``q' = round_shift(q * scale, 16)`` with ``scale = round(2^16 / sqrt(hd))``;
+    scores ``s = round_shift(q'.k, 2FA - 8)`` (8 fractional bits); weights ``EXP[max_j s - s]`` (0
+    where ``mask`` is False); output ``div_round(sum_j w_j v_j, sum_j w_j)``. Bounds:
+    ``|q.k| <= hd 2^46 < 2^53`` for ``hd <= 64``; ``|sum w v| <= Nk 2^16 ACT_MAX < 2^52`` for ``Nk <= 8192``.
     """
     hd, nk = q.shape[-1], k.shape[-2]
+    q = round_shift(q * scale, 16)
     s = matmul(q, k.transpose(-1, -2), hd * ACT_MAX * ACT_MAX)
-    s = round_shift(round_shift(s, 2 * FA - EXP_FRAC) * scale, 16)
+    s += 1 << (2 * FA - EXP_FRAC - 1)  # s = round_shift(q.k, 2FA - 8), in place
+    s *= 2.0 ** -(2 * FA - EXP_FRAC)
+    s.floor_()
     if mask is not None:
-        s = s.masked_fill(~mask, MASKED)
-    w = exp_weights(s.amax(-1, keepdim=True) - s)
+        s.masked_fill_(~mask, MASKED)
+    m = s.amax(-1, keepdim=True)
+    w = exp_weights(s.neg_().add_(m))  # EXP[max - s]
     if mask is not None:
-        w = w.masked_fill(~mask, 0)
+        w.masked_fill_(~mask, 0)
     num = matmul(w, v, nk * (1 << EXP_ONE_BITS) * ACT_MAX)
     return div_round(num, w.sum(-1, keepdim=True))
 
@@ -247,7 +291,7 @@ def frequencies(logits: Tensor, prob_bits: int) -> tuple[Tensor, Tensor]:
     remainder ``2^P - sum f`` goes to the first largest ``f``.
     """
     K = logits.shape[-1]
-    e = exp_weights(round_shift(logits.amax(-1, keepdim=True) - logits, FA - EXP_FRAC))
+    e = exp_weights(round_shift(logits.amax(-1, keepdim=True) - logits, FA - EXP_FRAC)).to(torch.int64)
     total = 1 << prob_bits
     f = 1 + torch.div(e * (total - K), e.sum(-1, keepdim=True), rounding_mode="floor")
     rem = total - f.sum(-1)

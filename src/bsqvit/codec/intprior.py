@@ -108,9 +108,9 @@ class IntPrior:
         e = self.embed_tokens(prev.to(self.device))  # (B, h, w, D)
         if valid is not None:
             e = e * valid.to(self.device).unsqueeze(-1)
-        # im2col in float64 (exact: integers below 2^24), rows ordered (channel, ky, kx) like conv weights
-        cols = torch.nn.functional.unfold(e.permute(0, 3, 1, 2).to(torch.float64), 3, padding=1)
-        return self.conv(cols.transpose(1, 2).to(torch.int64))
+        # im2col rows ordered (channel, ky, kx) like the conv weights
+        cols = torch.nn.functional.unfold(e.permute(0, 3, 1, 2), 3, padding=1)  # exact: a copy of values
+        return self.conv(cols.transpose(1, 2))
 
     def group_logits(self, h: Tensor, k: int, prev_groups: Tensor | None) -> Tensor:
         return self.heads[k](h, prev_groups)
@@ -123,7 +123,7 @@ class IntPrior:
         c = self.config
         B, th, tw = len(shapes), c.tile[0], c.tile[1]
         N = max(r * q for r, q in shapes)
-        cache = torch.zeros(c.layers, 2, B, c.heads, N, c.width // c.heads, dtype=torch.int64, device=self.device)
+        cache = torch.zeros(c.layers, 2, B, c.heads, N, c.width // c.heads, dtype=torch.float64, device=self.device)
         valid = None
         if prev is not None:
             valid = torch.zeros(B, th, tw, dtype=torch.bool)

@@ -1,0 +1,131 @@
+"""Bits and seconds of the integer prior against the float prior it was derived from, on Kodak.
+
+    python benchmarks/int_prior_kodak.py --prior src/bsqvit/assets/default/prior --prior runs/prior-par/prior \
+        [--model DIR] [--data ../shared/data/kodak] [--limit N] [--threads 2] [--json OUT.json]
+
+For every image and prior, both run through the coder's own code path (``code_frame``, same tiles,
+same symbol order, 16-bit frequencies):
+
+* ``float``: the float32 ``TokenPrior`` with the frequency rule of format 1.0 (float64 softmax,
+  ``floor(p (2^16 - K)) + 1``, remainder to the most probable symbol) -- what files cost before
+  the integer arithmetic, encode only (that float path is not portable, which is the point);
+Bits are reported twice: whole payload bits (32-bit words) and the model's exact code length
+``-sum log2(f / 2^16)`` under the frequencies each coder used.
+
+* ``int``: the integer engine (:class:`bsqvit.codec.intprior.IntPrior`), encoded, then decoded
+  and checked token for token, with the encode and decode seconds of the entropy coder.
+
+The tokenizer's seconds (encode, decode) are reported too, so decompress = tokenizer decode +
+entropy decode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bsqvit import BSQViT
+from bsqvit.codec import TokenPrior
+from bsqvit.codec.coding import SymbolCoder, as_engine, code_frame, decoder_for, prior_threads
+from bsqvit.io import load_image
+
+
+class FloatEngine:
+    """The float prior behind the coder's interface (format 1.0's frequency rule)."""
+
+    def __init__(self, prior):
+        self.prior, self.config = prior, prior.config
+        for name in ("ar_init", "ar_step", "parallel_features", "condition"):
+            setattr(self, name, getattr(prior, name))
+
+    def group_frequencies(self, h, k, prev_groups, prob_bits):
+        lg = self.prior.group_logits(h, k, prev_groups).double()
+        p = torch.softmax(lg, -1)
+        K, total = lg.shape[-1], 1 << prob_bits
+        f = torch.floor(p * (total - K)).long() + 1
+        f[torch.arange(len(f)), f.argmax(-1)] += total - f.sum(-1)
+        return f, (p * (1 << 30)).long().clamp(min=1)
+
+
+def _code(engine, tokens, tile_batch):
+    h, w = tokens.shape
+    enc = SymbolCoder(16)
+    t0 = time.perf_counter()
+    with prior_threads(None):
+        code_frame(engine, enc, h, w, tokens, None, tile_batch)
+    data = enc.finish()
+    return data, time.perf_counter() - t0, enc.stats.model_bits
+
+
+def measure(model, priors, files, tile_batch):
+    rows = []
+    for f in files:
+        x = load_image(f)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            tok = model.encode(x[None])
+            t1 = time.perf_counter()
+            model.decode(tok, size=x.shape[-2:])
+            t2 = time.perf_counter()
+        tokens = tok[0].numpy()
+        for name, prior in priors:
+            fdata, _, fbits = _code(FloatEngine(prior), tokens, tile_batch)
+            engine = as_engine(prior)
+            idata, t_enc, ibits = _code(engine, tokens, tile_batch)
+            dec = decoder_for(idata, 16)
+            t3 = time.perf_counter()
+            with prior_threads(None):
+                back = code_frame(engine, dec, *tokens.shape, None, None, tile_batch)
+            t_dec = time.perf_counter() - t3
+            row = {"image": f.name, "prior": name, "tokens": int(tokens.size),
+                   "float_bits_per_token": 8 * len(fdata) / tokens.size, "int_bits_per_token": 8 * len(idata) / tokens.size,
+                   "float_model_bits_per_token": fbits / tokens.size, "int_model_bits_per_token": ibits / tokens.size,
+                   "seconds_entropy_encode": t_enc, "seconds_entropy_decode": t_dec,
+                   "seconds_tokenizer_encode": t1 - t0, "seconds_tokenizer_decode": t2 - t1,
+                   "exact": bool(np.array_equal(back, tokens))}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def summarize(rows) -> dict:
+    out = {}
+    for name in dict.fromkeys(r["prior"] for r in rows):
+        r = [q for q in rows if q["prior"] == name]
+        s = {k: float(np.mean([q[k] for q in r])) for k in r[0] if isinstance(r[0][k], float)}
+        s["int_vs_float"] = s["int_bits_per_token"] / s["float_bits_per_token"] - 1
+        s["int_vs_float_model"] = s["int_model_bits_per_token"] / s["float_model_bits_per_token"] - 1
+        s["seconds_decompress"] = s["seconds_tokenizer_decode"] + s["seconds_entropy_decode"]
+        s["exact_all"], s["images"] = all(q["exact"] for q in r), len(r)
+        out[name] = s
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="src/bsqvit/assets/default/tokenizer")
+    ap.add_argument("--prior", action="append", required=True)
+    ap.add_argument("--data", default="../shared/data/kodak")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tile-batch", type=int, default=32)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = BSQViT.from_pretrained(args.model).eval()
+    priors = [(p, TokenPrior.from_pretrained(p).eval()) for p in args.prior]
+    files = sorted(Path(args.data).glob("*.png"))[: args.limit]
+    rows = measure(model, priors, files, args.tile_batch)
+    summary = summarize(rows)
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"threads": args.threads, "summary": summary, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
