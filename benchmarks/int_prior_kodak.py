@@ -32,7 +32,7 @@ import torch
 from bsqvit import BSQViT
 from bsqvit.codec import TokenPrior
 from bsqvit.codec.coding import SymbolCoder, as_engine, code_frame, decoder_for, prior_threads
-from bsqvit.io import load_image
+from bsqvit.io import from_uint8, iter_video_frames, load_image
 
 
 class FloatEngine:
@@ -52,37 +52,56 @@ class FloatEngine:
         return f, (p * (1 << 30)).long().clamp(min=1)
 
 
-def _code(engine, tokens, tile_batch):
-    h, w = tokens.shape
+def _code(engine, frames, tile_batch):
+    """Encode frames (T, h, w) (each conditioned on the previous one for a video prior)."""
+    _, h, w = frames.shape
     enc = SymbolCoder(16)
     t0 = time.perf_counter()
     with prior_threads(None):
-        code_frame(engine, enc, h, w, tokens, None, tile_batch)
+        for t, tokens in enumerate(frames):
+            prev = frames[t - 1] if engine.config.video and t else None
+            code_frame(engine, enc, h, w, tokens, prev, tile_batch)
     data = enc.finish()
     return data, time.perf_counter() - t0, enc.stats.model_bits
 
 
-def measure(model, priors, files, tile_batch):
+def _decode(engine, data, shape, tile_batch):
+    dec, out = decoder_for(data, 16), []
+    with prior_threads(None):
+        for _ in range(shape[0]):
+            prev = out[-1] if engine.config.video and out else None
+            out.append(code_frame(engine, dec, *shape[1:], None, prev, tile_batch))
+    return np.stack(out)
+
+
+def _inputs(model, files, clip, max_frames):
+    """(name, pixels (3, H, W) or (3, T, H, W)) of every Kodak image, or of the clip."""
+    if clip:
+        frames = [from_uint8(f) for f in iter_video_frames(clip, max_frames=max_frames)]
+        return [(Path(clip).name, torch.stack(frames, 1))]
+    return [(f.name, load_image(f)) for f in files]
+
+
+def measure(model, priors, inputs, tile_batch):
     rows = []
-    for f in files:
-        x = load_image(f)
+    for name, x in inputs:
+        frames = x[:, None] if x.ndim == 3 else x  # (3, T, H, W)
         with torch.inference_mode():
             t0 = time.perf_counter()
-            tok = model.encode(x[None])
+            tok = torch.cat([model.encode(frames[:, t][None]) for t in range(frames.shape[1])])
             t1 = time.perf_counter()
-            model.decode(tok, size=x.shape[-2:])
+            for t in range(tok.shape[0]):
+                model.decode(tok[t : t + 1], size=x.shape[-2:])
             t2 = time.perf_counter()
-        tokens = tok[0].numpy()
-        for name, prior in priors:
+        tokens = tok.numpy()
+        for pname, prior in priors:
             fdata, _, fbits = _code(FloatEngine(prior), tokens, tile_batch)
             engine = as_engine(prior)
             idata, t_enc, ibits = _code(engine, tokens, tile_batch)
-            dec = decoder_for(idata, 16)
             t3 = time.perf_counter()
-            with prior_threads(None):
-                back = code_frame(engine, dec, *tokens.shape, None, None, tile_batch)
+            back = _decode(engine, idata, tokens.shape, tile_batch)
             t_dec = time.perf_counter() - t3
-            row = {"image": f.name, "prior": name, "tokens": int(tokens.size),
+            row = {"image": name, "prior": pname, "tokens": int(tokens.size),
                    "float_bits_per_token": 8 * len(fdata) / tokens.size, "int_bits_per_token": 8 * len(idata) / tokens.size,
                    "float_model_bits_per_token": fbits / tokens.size, "int_model_bits_per_token": ibits / tokens.size,
                    "seconds_entropy_encode": t_enc, "seconds_entropy_decode": t_dec,
@@ -114,13 +133,15 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tile-batch", type=int, default=32)
+    ap.add_argument("--video", default=None, metavar="CLIP", help="code the frames of a clip instead of Kodak")
+    ap.add_argument("--max-frames", type=int, default=16)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = BSQViT.from_pretrained(args.model).eval()
     priors = [(p, TokenPrior.from_pretrained(p).eval()) for p in args.prior]
     files = sorted(Path(args.data).glob("*.png"))[: args.limit]
-    rows = measure(model, priors, files, args.tile_batch)
+    rows = measure(model, priors, _inputs(model, files, args.video, args.max_frames), args.tile_batch)
     summary = summarize(rows)
     print(json.dumps(summary, indent=2))
     if args.json:

@@ -153,3 +153,46 @@ def test_frequencies_on_cuda_equal_the_cpu_ones(name, priors):
     gpu = TokenPrior.from_pretrained(DATA / name).cuda()
     f, d = _freqs(as_engine(gpu), 7, 9, tokens, prev, 4)
     assert torch.equal(f.cpu(), ref) and d == data
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_golden_files_decode_under_other_instruction_sets(capability):
+    """The kernels an older or smaller CPU gets (no vectorisation, or AVX2 only): same tokens."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib, json, sys, numpy as np; from pathlib import Path; "
+            "from bsqvit.codec import TokenPrior, decode_tokens; d = Path(sys.argv[1]); "
+            "g = json.loads((d / 'golden.json').read_text())['files']; "
+            "print(json.dumps({n: hashlib.sha256(np.ascontiguousarray(decode_tokens((d / f'{n}.bsq').read_bytes(), "
+            "TokenPrior.from_pretrained(d / f['prior']) if f['prior'] else None)[1], '<i8').tobytes()).hexdigest() "
+            "for n, f in g.items()}))")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability, ONEDNN_MAX_CPU_ISA="AVX2", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code, str(DATA)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout)
+    golden = json.loads((DATA / "golden.json").read_text())["files"]
+    assert got == {n: f["tokens_sha256"] for n, f in golden.items()}
+
+
+def test_random_schedule_with_uneven_tiles_round_trips_for_any_tile_batch():
+    """Regression: a small tile can have no position in a pass where a larger one has some."""
+    from bsqvit.codec import CodecOptions, Header, decode_tokens, encode_tokens
+    from bsqvit.codec.container import short_id
+
+    torch.manual_seed(0)
+    p = TokenPrior(dict(kind="parallel", bits=6, group_bits=3, width=16, layers=1, heads=2, mlp_ratio=2.0,
+                        tile=[2, 2], passes=4, schedule="random")).eval()
+    h = Header(media="image", coder="parallel", tokenizer_id="00" * 16, bits=6, patch_size=4, height=12, width=12,
+               frames=1, fps=0.0, pad_bottom=0, pad_right=0, pad_mode="replicate", chunk_frames=1,
+               frames_per_chunk=1, n_chunks=1, prior_id=short_id(p.weights_hash()), group_bits=3, tile=(2, 2),
+               passes=4, schedule="random", arithmetic="int-fx12", prob_bits=16)
+    tok = np.random.default_rng(0).integers(0, 64, (1, 3, 3))
+    files = set()
+    for tb in (1, 32):
+        data, _ = encode_tokens(tok, h, p, CodecOptions(tile_batch=tb))
+        assert np.array_equal(decode_tokens(data, p, options=CodecOptions(tile_batch=33 - tb))[1], tok)
+        files.add(data)
+    assert len(files) == 1

@@ -265,16 +265,20 @@ def code_frame_parallel(prior, coder: SymbolCoder, h: int, w: int, tokens: np.nd
             continue
         feats, targets = [], []  # targets: (tile, positions) in coding order
         for i, batch in enumerate(batches):
-            lo, hi = offsets[i], offsets[i + 1]
-            seqs, tok, rows, cols, vis, valid, tgt = _pass_inputs(batch, pms[lo:hi], dec[lo:hi], s)
+            live = [j for j in range(offsets[i], offsets[i + 1]) if (pms[j] == s).any()]  # tiles with targets
+            if not live:
+                continue
+            seqs, tok, rows, cols, vis, valid, tgt = _pass_inputs([tiles[j] for j in live], [pms[j] for j in live],
+                                                                  [dec[j] for j in live], s)
             cond = None
             if conds[i] is not None:
                 dev = conds[i].device
-                cond = conds[i][torch.arange(len(batch), device=dev)[:, None], (rows * tw + cols).to(dev)]
+                sel = torch.tensor(live, device=dev) - int(offsets[i])
+                cond = conds[i][sel[:, None], (rows * tw + cols).to(dev)]
             feat = prior.parallel_features(tok, rows, cols, vis, None if bool(valid.all()) else valid, cond)
             bi, ii = torch.nonzero(tgt, as_tuple=True)  # tile-major, raster order
             feats.append(feat[bi.to(feat.device), ii.to(feat.device)])
-            targets += [(lo + b, seqs[b][pms[lo + b][seqs[b]] == s]) for b in range(len(batch))]
+            targets += [(j, seq[pms[j][seq] == s]) for j, seq in zip(live, seqs)]
         want = None
         if truth is not None:
             want = split_groups(torch.from_numpy(np.concatenate([truth[b][idx] for b, idx in targets])),

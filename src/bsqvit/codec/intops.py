@@ -128,7 +128,7 @@ E_MAX = 36  # largest row exponent (a zero or tiny row): keeps accumulator + 2^(
 
 def row_exponents(w: Tensor, bits: int = W_BITS) -> Tensor:
     """Per row of ``w`` (..., K): ``e = min(bits - E, 36)`` where ``max|row| = f * 2^E``, ``0.5 <= f < 1``
-    (so ``max|row| * 2^e < 2^bits``); ``e = 36`` for a zero row."""
+    (so ``max|row| * 2^e < 2^bits``); a zero row has ``E = 0`` (``frexp(0)``), so ``e = bits``."""
     m = w.detach().to(torch.float64).abs().amax(-1)
     _, E = torch.frexp(m)  # frexp(0) = (0, 0)
     e = (bits - E.to(torch.int64)).clamp(max=E_MAX)
