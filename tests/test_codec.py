@@ -60,12 +60,7 @@ GOLDEN = json.loads((DATA / "golden.json").read_text())
 OPTIONS = CodecOptions(tile_batch=3, frames_per_chunk=2)  # what make_golden.py used
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -43,12 +43,7 @@ def golden(name: str) -> tuple[bytes, Path | None]:
     return (DATA / f"{name}.bsq").read_bytes(), DATA / prior if prior else None
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- the golden files ----------------------------------------------------------------------------------

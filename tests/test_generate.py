@@ -20,12 +20,7 @@ from bsqvit.generate.sampling import fill_canvas, sample_tokens, windows
 from bsqvit.generate.train import image_grid
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_gen(**kw) -> MaskedTokenModel:

@@ -31,12 +31,7 @@ needs_squeeze = pytest.mark.skipif(not (WEIGHTS / "squeezenet1_1_caffe" / "squee
                                    reason="SqueezeNet-Caffe weights not available")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _degraded(x: torch.Tensor, kind: str, seed: int) -> torch.Tensor:

@@ -19,12 +19,7 @@ from bsqvit.models.io import ModelLoadError
 KODAK = Path("../shared/data/kodak/kodim23.png")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_cli(capsys, *argv):
