@@ -110,13 +110,15 @@ def _freqs(prior, h, w, tokens, prev, tile_batch):
 
 
 def _shuffled_matmul(real):
-    """``matmul`` with the inner dimension permuted and summed in two halves: another summation order."""
-    def matmul(a, b, bound):
+    """``matmul`` with the inner dimension permuted and summed in two halves, the added term last:
+    another summation order."""
+    def matmul(a, b, bound, add=None):
         K = a.shape[-1]
         perm = torch.randperm(K)
         a, b = a[..., perm], b[..., perm, :]
         h = K // 2
-        return real(a[..., :h], b[..., :h, :], bound) + real(a[..., h:], b[..., h:, :], bound)
+        out = real(a[..., :h], b[..., :h, :], bound) + real(a[..., h:], b[..., h:, :], bound)
+        return out if add is None else out + add
     return matmul
 
 

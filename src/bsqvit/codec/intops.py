@@ -173,11 +173,17 @@ def clamp_act(a: Tensor) -> Tensor:
     return a.clamp(-ACT_MAX, ACT_MAX)
 
 
-def matmul(a: Tensor, b: Tensor, bound: int) -> Tensor:
-    """Exact integer ``a @ b`` on float64 BLAS; ``bound`` >= K * max|a| * max|b| (asserted < 2^53)."""
+def matmul(a: Tensor, b: Tensor, bound: int, add: Tensor | None = None) -> Tensor:
+    """Exact integer ``add + a @ b`` on float64 BLAS (``addmm``/``baddbmm`` when ``add`` is given);
+    ``bound`` >= ``|add| + K * max|a| * max|b|`` (asserted < 2^53). ``a``: (..., N, K), ``b``: (..., K, M)."""
     if bound >= EXACT:
         raise ValueError(f"integer matmul bound 2^{bound.bit_length() - 1} is not below 2^53")
-    return torch.matmul(a, b)
+    if add is None:
+        return torch.matmul(a, b)
+    if b.ndim == 2:
+        return torch.addmm(add, a.reshape(-1, a.shape[-1]), b).view(*a.shape[:-1], b.shape[-1])
+    out = torch.baddbmm(add, a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
+    return out.view(*a.shape[:-1], b.shape[-1])
 
 
 def isqrt(v: Tensor) -> Tensor:
@@ -211,8 +217,7 @@ class IntLinear:
             raise ValueError(f"a layer with {q.shape[1]} inputs is too wide for exact integer arithmetic")
 
     def __call__(self, x: Tensor) -> Tensor:
-        y = matmul(x, self.qt, self.bound)
-        y += self.half
+        y = matmul(x, self.qt, self.bound + (1 << (E_MAX - 1)), add=self.half)  # x @ q.T + 2^(e-1)
         y *= self.inv
         return y.floor_().add_(self.b).clamp_(-ACT_MAX, ACT_MAX)
 
@@ -270,10 +275,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: int, mask: Tensor | None) 
     """
     hd, nk = q.shape[-1], k.shape[-2]
     q = round_shift(q * scale, 16)
-    s = matmul(q, k.transpose(-1, -2), hd * ACT_MAX * ACT_MAX)
-    s += 1 << (2 * FA - EXP_FRAC - 1)  # s = round_shift(q.k, 2FA - 8), in place
-    s *= 2.0 ** -(2 * FA - EXP_FRAC)
-    s.floor_()
+    half = torch.full((1, 1, 1), float(1 << (2 * FA - EXP_FRAC - 1)), dtype=q.dtype, device=q.device)
+    s = matmul(q, k.transpose(-1, -2), hd * ACT_MAX * ACT_MAX + (1 << 15), add=half)
+    s = s.mul_(2.0 ** -(2 * FA - EXP_FRAC)).floor_()  # round_shift(q.k, 2FA - 8)
     if mask is not None:
         s.masked_fill_(~mask, MASKED)
     m = s.amax(-1, keepdim=True)
