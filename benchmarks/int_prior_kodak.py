@@ -132,7 +132,7 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data/kodak")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--tile-batch", type=int, default=32)
+    ap.add_argument("--tile-batch", type=int, default=None, help="default: the coder's, by prior kind")
     ap.add_argument("--video", default=None, metavar="CLIP", help="code the frames of a clip instead of Kodak")
     ap.add_argument("--max-frames", type=int, default=16)
     ap.add_argument("--json", default=None)

@@ -374,7 +374,9 @@ def test_cli_image_compress_decompress_info(tmp_path, capsys):
     h = json.loads(out)
     assert (h["width"], h["height"], h["coder"], h["media"]) == (30, 22, "ar", "image")
     assert h["prior_id"] == GOLDEN["priors"]["prior-ar"][:32] and h["pad_right"] == 2
-    rc, _, err = run_cli(capsys, "decompress", tmp_path / "a.bsq", tmp_path / "a.png", "--model", m, "--prior", p)
+    assert h["arithmetic"] == "int-fx12" and h["version"] == "2.0"
+    rc, _, err = run_cli(capsys, "decompress", tmp_path / "a.bsq", tmp_path / "a.png", "--model", m, "--prior", p,
+                         "--tile-batch", 1, "--prior-threads", 2)  # run-time choices: any value, same file
     assert rc == 0, err
     rc, _, err = run_cli(capsys, "reconstruct", img, tmp_path / "r.png", "--model", m)
     assert rc == 0, err

@@ -26,6 +26,7 @@ def run_demo(data: str, out: str | Path, limit: int | None = None, codecs=("jpeg
 
     from .cli import default_model_dir
     from .codec.api import compress_file, decompress_file
+    from .codec.container import FORMAT_LIMITS
     from .codec.cli import resolve_prior
     from .codec.rd import Metrics, run_rd
     from .data.images import find_images
@@ -54,7 +55,7 @@ def run_demo(data: str, out: str | Path, limit: int | None = None, codecs=("jpeg
         t0 = time.perf_counter()
         st = compress_file(f, bsq, model, prior)
         t1 = time.perf_counter()
-        decompress_file(bsq, png, model, prior)
+        decompress_file(bsq, png, model, prior, limits=FORMAT_LIMITS)  # our own files: the format's bounds
         t2 = time.perf_counter()
         ref = to_uint8(load_image(f))
         rec = to_uint8(load_image(png))

@@ -31,7 +31,6 @@ import torch
 from ..io import InputError
 from .coding import (
     DEFAULT_PROB_BITS,
-    DEFAULT_TILE_BATCH,
     CodingStats,
     DecodeError,
     SymbolCoder,
@@ -40,12 +39,14 @@ from .coding import (
     decoder_for,
     pack_raw,
     prior_threads,
+    raw_size,
     unpack_raw,
 )
 from .container import (
     BSQFormatError,
     Header,
     Limits,
+    max_file_bytes,
     read_container,
     short_id,
     tokens_crc,
@@ -55,6 +56,7 @@ from .container import (
 from .intprior import ARITHMETIC
 
 DEFAULT_FRAMES_PER_CHUNK = 8
+RAW_SLICE = 1024  # raw tokens unpacked at a time (a multiple of 8: every slice starts on a byte)
 
 
 @dataclass
@@ -65,7 +67,7 @@ class CodecOptions:
     the same frequencies whatever they are."""
 
     prior_threads: int | None = None
-    tile_batch: int = DEFAULT_TILE_BATCH
+    tile_batch: int | None = None  # None: DEFAULT_TILE_BATCH of the prior's kind
     prob_bits: int = DEFAULT_PROB_BITS
     frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK
 
@@ -180,7 +182,7 @@ def iter_decode_tokens(header: Header, chunks, prior=None, options: CodecOptions
     for ci, ((payload, tcrc), n) in enumerate(zip(chunks, header.chunk_frame_counts())):
         try:
             if header.coder == "raw":
-                block = unpack_raw(bytes(payload), n * gh * gw, header.bits).reshape(n, gh, gw)
+                block = _unpack_raw_chunk(payload, n * gh * gw, header.bits).reshape(n, gh, gw)
             else:
                 coder = decoder_for(payload, header.prob_bits)
                 frames = []
@@ -200,6 +202,30 @@ def iter_decode_tokens(header: Header, chunks, prior=None, options: CodecOptions
         digest.update(np.ascontiguousarray(block, dtype="<i8").tobytes())
         if ci == len(chunks) - 1 and digest.digest()[:16].hex() != header.tokens_digest:
             raise BSQFormatError("decoded tokens do not match the file's token digest (corrupt file)")
+        yield block
+
+
+def _unpack_raw_chunk(payload, n_tokens: int, bits: int) -> np.ndarray:
+    """A raw chunk -> tokens: its size is checked first, then it is unpacked slice by slice, so
+    that the bit planes of a large chunk (8 bytes per bit) never exist all at once."""
+    if len(payload) != raw_size(n_tokens, bits):
+        raise DecodeError(f"raw chunk has {len(payload)} bytes, expected {raw_size(n_tokens, bits)}")
+    out = np.empty(n_tokens, np.int64)
+    for s in range(0, n_tokens, RAW_SLICE):
+        n = min(RAW_SLICE, n_tokens - s)
+        lo = s * bits // 8
+        out[s : s + n] = unpack_raw(bytes(payload[lo : lo + raw_size(n, bits)]), n, bits)
+    return out
+
+
+def _in_codebook(blocks: Iterator[np.ndarray], model) -> Iterator[np.ndarray]:
+    """Refuse tokens the tokenizer has no code for (an L-bit field can exceed a codebook that is
+    not a power of two: VQ and FSQ), before they reach an embedding lookup."""
+    size = model.quantizer.codebook_size
+    for block in blocks:
+        if block.size and int(block.max()) >= size:
+            raise BSQFormatError(f"token {int(block.max())} is outside the tokenizer's codebook of {size} codes "
+                                 "(corrupt or forged file)")
         yield block
 
 
@@ -306,7 +332,7 @@ def decompress(data: bytes, model, prior=None, limits: Limits | None = None, amp
     """``.bsq`` bytes -> pixels in [-1, 1]: (3, H, W) for an image, (3, T, H, W) for a video."""
     header, chunks = read_container(data, limits)
     check_decoders(header, model, prior)
-    blocks = iter_decode_tokens(header, chunks, prior, options)
+    blocks = _in_codebook(iter_decode_tokens(header, chunks, prior, options), model)
     if header.media == "image":
         tokens = next(blocks)
         return model.decode(torch.from_numpy(tokens), size=(header.height, header.width), amp=amp)[0]
@@ -318,10 +344,8 @@ def read_bsq(path: str | os.PathLike, limits: Limits | None = None) -> bytes:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such file" if not p.exists() else f"{p}: not a regular file")
-    limits = limits or Limits()
     size = p.stat().st_size
-    cap = 64 + limits.max_tokens * 8  # no .bsq can be larger than raw 64-bit tokens
-    if size > cap:
+    if size > max_file_bytes(limits or Limits()):
         raise BSQFormatError(f"{p}: too large for a .bsq file ({size} bytes)")
     return p.read_bytes()
 
@@ -375,19 +399,19 @@ def decompress_file(inp, out, model, prior=None, limits: Limits | None = None, c
     data = read_bsq(inp, limits)
     header, chunks = read_container(data, limits)
     check_decoders(header, model, prior)
+    blocks = _in_codebook(iter_decode_tokens(header, chunks, prior, options), model)  # lazy: decodes when read
     out_s = os.fspath(out)
     if header.media == "image":
         if is_video_path(out_s) or Path(out_s).suffix.lower() not in IMAGE_SUFFIXES:
             raise InputError(f"{out}: the file holds an image; the output needs an image suffix (.png)")
-        tokens = next(iter_decode_tokens(header, chunks, prior, options))
+        tokens = next(blocks)
         rec = model.decode(torch.from_numpy(tokens), size=(header.height, header.width), amp=amp)[0]
         save_image(rec, out)
     elif is_video_path(out_s):
         with VideoWriter(out, header.fps, crf=crf, lossless=lossless) as writer:
-            for px in _decode_pixels(model, header, iter_decode_tokens(header, chunks, prior, options), amp=amp):
+            for px in _decode_pixels(model, header, blocks, amp=amp):
                 writer.write(to_uint8(px))
     elif is_frames_dir(out_s):
-        blocks = iter_decode_tokens(header, chunks, prior, options)
         _write_frames_dir(Path(out_s.rstrip(os.sep) or out_s), model, header, blocks, amp)
     else:
         raise InputError(f"{out}: the file holds a video; write a video (.mp4) or a directory of PNG frames "

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from .container import Limits
+from .container import FORMAT_LIMITS, Limits
 
 
 def _base():
@@ -91,7 +91,7 @@ def _add_prior_runtime_args(p) -> None:
     p.add_argument("--prior-threads", type=int, default=None, metavar="N",
                    help="torch threads of the integer prior (speed only; default: --threads)")
     p.add_argument("--tile-batch", type=int, default=None, metavar="N",
-                   help="prior tiles evaluated together, 1..256 (speed and memory only; default 32)")
+                   help="prior tiles evaluated together, 1..256 (speed and memory only; default 32 for ar, 8 for parallel)")
 
 
 def _options(args):
@@ -137,6 +137,17 @@ def cmd_compress(args) -> int:
     return 0
 
 
+def _limits(args) -> Limits:
+    """The reader's bounds: the defaults, raised (up to the format's) by --max-pixels / --max-tokens."""
+    limits = Limits()
+    for name in ("max_pixels", "max_tokens"):
+        value = getattr(args, name)
+        if value is not None:
+            _positive("--" + name.replace("_", "-"), value, getattr(FORMAT_LIMITS, name))
+            setattr(limits, name, value)
+    return limits
+
+
 # ---- decompress ----------------------------------------------------------------------------------
 def add_decompress(sub) -> None:
     base = _base()
@@ -153,6 +164,8 @@ def add_decompress(sub) -> None:
     _add_prior_runtime_args(p)
     p.add_argument("--max-pixels", type=int, default=None, metavar="N",
                    help=f"refuse files whose frames have more than N pixels (default {Limits().max_pixels})")
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                   help=f"refuse files of more than N tokens in all (default {Limits().max_tokens})")
     p.add_argument("--json", action="store_true", help="print statistics as JSON")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_decompress)
@@ -173,11 +186,7 @@ def cmd_decompress(args) -> int:
     else:
         out = base.check_output(out_arg, inputs, force=args.force)
     opts = _options(args)
-    limits = Limits()
-    if args.max_pixels is not None:
-        _positive("--max-pixels", args.max_pixels, 1 << 40)
-        limits.max_pixels = args.max_pixels
-        limits.max_side = max(limits.max_side, min(args.max_pixels, 1 << 20))
+    limits = _limits(args)
     header, _ = read_container(read_bsq(inp, limits), limits)  # a bad file fails here, before any model is loaded
     if header.coder != "raw" and (
             args.prior is not None and str(args.prior).lower() == "none" or args.prior is None and not _has_default_prior()):

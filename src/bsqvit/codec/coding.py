@@ -26,7 +26,9 @@ from .intprior import IntPrior
 from .prior import join_groups, pass_map, split_groups, tile_layout
 
 DEFAULT_PROB_BITS = 16
-DEFAULT_TILE_BATCH = 32
+# tiles evaluated together (speed and memory only): ar steps are bound by per-call overheads, so
+# many tiles per call; parallel passes by memory traffic, so few (their score matrices stay in cache)
+DEFAULT_TILE_BATCH = {"ar": 32, "parallel": 8}
 
 
 class DecodeError(ValueError):
@@ -294,10 +296,12 @@ def code_frame_parallel(prior, coder: SymbolCoder, h: int, w: int, tokens: np.nd
     return out
 
 
-def code_frame(prior, coder: SymbolCoder, h: int, w: int, tokens, prev, tile_batch: int = DEFAULT_TILE_BATCH) -> np.ndarray:
+def code_frame(prior, coder: SymbolCoder, h: int, w: int, tokens, prev, tile_batch: int | None = None) -> np.ndarray:
     """Encode (``tokens`` given) or decode one (h, w) frame with a prior (float or integer: the
-    integer engine runs either way). ``tile_batch`` tiles are evaluated together (speed only)."""
+    integer engine runs either way). ``tile_batch`` tiles are evaluated together (speed only; None:
+    :data:`DEFAULT_TILE_BATCH` of the prior's kind)."""
     engine = as_engine(prior)
-    fn = code_frame_ar if engine.config.kind == "ar" else code_frame_parallel
-    return fn(engine, coder, h, w, tokens, prev, tile_batch)
+    kind = engine.config.kind
+    fn = code_frame_ar if kind == "ar" else code_frame_parallel
+    return fn(engine, coder, h, w, tokens, prev, tile_batch or DEFAULT_TILE_BATCH[kind])
 

@@ -62,13 +62,35 @@ class BSQFormatError(InputError):
 
 @dataclass
 class Limits:
-    """Upper bounds checked before allocating anything a header declares."""
+    """A reader's bounds on the pixels and the work a file may ask for, checked on the header
+    before anything it declares is allocated or decoded. The defaults keep the worst well-formed
+    file to seconds on one CPU thread (benchmarks/results/fuzz.md): ``max_pixels`` bounds a frame
+    (a tokenizer's decode grows with the square of a frame's tokens: the tiny test tokenizer
+    decodes 1024 x 512 in about 3 s); ``max_tokens`` bounds the entropy decoding (a payload's length
+    bounds nothing: 4 bytes of range coder can hold 2^15 tokens, which the tiny test priors decode
+    in 1-2 s) and, with ``max_pixels``, the tokenizer's work on all frames. ``bsqvit decompress
+    --max-pixels / --max-tokens`` raise them (up to :data:`FORMAT_LIMITS`); the API takes any
+    ``Limits``. Files a program writes and reads back itself (``rd``, ``demo``) use the format's."""
 
     max_side: int = 16384  # pixels, H and W
-    max_pixels: int = 1 << 25  # per frame (about 33.5 Mpx)
+    max_pixels: int = 1 << 19  # per frame (524,288 px: 1024 x 512; a 768 x 512 Kodak image fits)
     max_frames: int = 1 << 20
-    max_tokens: int = 1 << 28  # over the whole file
+    max_tokens: int = 1 << 15  # over the whole file (32,768: a Kodak image is 6,144 at patch 8)
     max_ext: int = 1 << 14  # bytes of decompressed extension JSON
+
+
+# What the format itself allows (``pack_header``: writers are not bound by a reader's defaults).
+FORMAT_LIMITS = Limits(max_pixels=1 << 28, max_tokens=1 << 28)
+# A range-coded group costs at most prob_bits (<= 24) + 1 bits, a token at most 63 such groups:
+# <= 197 bytes; a chunk adds 12 bytes of fields and at most 8 of coder flush, and there are no
+# more chunks than tokens. 256 bytes per token bounds every well-formed file.
+MAX_BYTES_PER_TOKEN = 256
+MAX_HEADER_BYTES = PREFIX.size + HEADER_STRUCT.size + 2 + 0xFFFF + 4
+
+
+def max_file_bytes(limits: Limits) -> int:
+    """No well-formed ``.bsq`` file within ``limits`` is longer than this."""
+    return MAX_HEADER_BYTES + MAX_BYTES_PER_TOKEN * limits.max_tokens
 
 
 @dataclass
@@ -163,7 +185,8 @@ def check_header(h: Header, limits: Limits) -> None:
     if not (1 <= h.height <= limits.max_side and 1 <= h.width <= limits.max_side):
         bad(f"size {h.width}x{h.height} outside 1..{limits.max_side}")
     if h.height * h.width > limits.max_pixels:
-        bad(f"{h.width}x{h.height} exceeds the limit of {limits.max_pixels} pixels per frame")
+        bad(f"{h.width}x{h.height} exceeds the limit of {limits.max_pixels} pixels per frame "
+            "(decompress --max-pixels raises it)")
     if not (1 <= h.frames <= limits.max_frames):
         bad(f"frame count {h.frames} outside 1..{limits.max_frames}")
     if h.media == "image" and (h.frames != 1 or h.fps != 0.0):
@@ -174,7 +197,8 @@ def check_header(h: Header, limits: Limits) -> None:
     if (h.pad_bottom, h.pad_right) != (gh * h.patch_size - h.height, gw * h.patch_size - h.width):
         bad(f"padding {h.pad_bottom},{h.pad_right} does not match {h.width}x{h.height} / patch {h.patch_size}")
     if h.tokens_per_frame * h.frames > limits.max_tokens:
-        bad("too many tokens")
+        bad(f"{h.frames} frame(s) of {gh}x{gw} tokens exceed the limit of {limits.max_tokens} tokens "
+            "(decompress --max-tokens raises it)")
     if not (1 <= h.chunk_frames <= 4096) or not (1 <= h.frames_per_chunk <= 4096):
         bad("frames per chunk")
     if h.n_chunks != len(h.chunk_frame_counts()):
@@ -260,7 +284,7 @@ def _digest_bytes(hex_digest: str) -> bytes:
 
 
 def pack_header(h: Header, limits: Limits | None = None) -> bytes:
-    check_header(h, limits or Limits())
+    check_header(h, limits or FORMAT_LIMITS)
     check_ext(h.ext)
     ext = zlib.compress(json.dumps(h.ext, sort_keys=True, separators=(",", ":")).encode(), 9) if h.ext else b""
     if len(ext) > 0xFFFF:
@@ -363,15 +387,28 @@ def write_container(h: Header, chunks: list[tuple[bytes, int]]) -> bytes:
     return head + pack_chunks(chunks, header_crc(head, len(head)))
 
 
+def _check_payload_size(h: Header, i: int, n: int, frames: int) -> None:
+    """Before any chunk is decoded: a raw payload has exactly the bytes of its tokens' fields; a
+    range-coded one is whole 32-bit words (its length bounds nothing else: see :class:`Limits`)."""
+    if h.coder == "raw":
+        want = (frames * h.tokens_per_frame * h.bits + 7) // 8
+        if n != want:
+            raise BSQFormatError(f"corrupt .bsq file (raw chunk {i} has {n} bytes, its {frames} frame(s) need {want})")
+    elif n % 4:
+        raise BSQFormatError(f"corrupt .bsq file (range-coded chunk {i} of {n} bytes is not whole 32-bit words)")
+
+
 def read_container(data: bytes, limits: Limits | None = None) -> tuple[Header, list[tuple[memoryview, int]]]:
     """Parse a whole ``.bsq`` file: header, then every chunk, each CRC-checked.
 
-    Raises :class:`BSQFormatError` for bad magic, version, CRCs, truncation or trailing bytes.
+    Raises :class:`BSQFormatError` for bad magic, version, CRCs, payload sizes, truncation or
+    trailing bytes.
     """
     h, off = unpack_header(data, limits)
     mv = memoryview(data)
     seed = header_crc(mv, off)
     chunks = []
+    frames = h.chunk_frame_counts()
     for i in range(h.n_chunks):
         if len(mv) - off < CHUNK_STRUCT.size:
             raise BSQFormatError(f"truncated .bsq file (chunk {i} of {h.n_chunks} missing)")
@@ -383,6 +420,7 @@ def read_container(data: bytes, limits: Limits | None = None) -> tuple[Header, l
         off += n
         if chunk_crc(i, payload, seed) != crc:
             raise BSQFormatError(f"corrupt .bsq file (chunk {i} CRC mismatch)")
+        _check_payload_size(h, i, n, frames[i])
         chunks.append((payload, tcrc))
     if off != len(mv):
         raise BSQFormatError(f"corrupt .bsq file ({len(mv) - off} unexpected bytes after the last chunk)")

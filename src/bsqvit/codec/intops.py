@@ -277,13 +277,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: int, mask: Tensor | None) 
     q = round_shift(q * scale, 16)
     half = torch.full((1, 1, 1), float(1 << (2 * FA - EXP_FRAC - 1)), dtype=q.dtype, device=q.device)
     s = matmul(q, k.transpose(-1, -2), hd * ACT_MAX * ACT_MAX + (1 << 15), add=half)
-    s = s.mul_(2.0 ** -(2 * FA - EXP_FRAC)).floor_()  # round_shift(q.k, 2FA - 8)
+    s.div_(1 << (2 * FA - EXP_FRAC), rounding_mode="floor")  # round_shift(q.k, 2FA - 8)
     if mask is not None:
-        s.masked_fill_(~mask, MASKED)
-    m = s.amax(-1, keepdim=True)
-    w = exp_weights(s.neg_().add_(m))  # EXP[max - s]
-    if mask is not None:
-        w.masked_fill_(~mask, 0)
+        s.masked_fill_(~mask, MASKED)  # max - MASKED >= EXP_LEN - 1, whose EXP is 0: masked keys weigh 0
+    d = torch.sub(s.amax(-1, keepdim=True), s, out=s).clamp_(0, EXP_LEN - 1)  # max - s, in place
+    w = torch.take(table("exp", d.device), d.to(torch.int64))
     num = matmul(w, v, nk * (1 << EXP_ONE_BITS) * ACT_MAX)
     return div_round(num, w.sum(-1, keepdim=True))
 

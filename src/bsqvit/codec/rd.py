@@ -259,6 +259,7 @@ def run_rd(data: str, models: list[str], priors: list[str], video: bool = False,
 
     from ..models import BSQViT
     from .api import CodecOptions, base_header, decode_tokens, decompress, encode_tokens, summarize, token_bits, tokenize
+    from .container import FORMAT_LIMITS
     from .prior import TokenPrior
 
     available = video_codecs() if video else pillow_codecs()
@@ -304,15 +305,15 @@ def run_rd(data: str, models: list[str], priors: list[str], video: bool = False,
                     blob, info = encode_tokens(tokens, header, prior)
                     t1 = time.perf_counter()
                     if prior is None:  # the whole decoder once: entropy decoding + the tokenizer's decode
-                        y = decompress(blob, model)
+                        y = decompress(blob, model, limits=FORMAT_LIMITS)  # our own file: the format's bounds
                         t_pix = time.perf_counter() - t1
                         rec = to_uint8(y)
                         m = metrics(ref, rec)
                         exact = bool(torch.equal(torch.from_numpy(tokens),
-                                                 torch.from_numpy(decode_tokens(blob)[1])))
+                                                 torch.from_numpy(decode_tokens(blob, limits=FORMAT_LIMITS)[1])))
                         t2 = t1 + t_pix
                     else:
-                        _, back = decode_tokens(blob, prior)
+                        _, back = decode_tokens(blob, prior, limits=FORMAT_LIMITS)
                         t2 = time.perf_counter()
                         exact = bool(np.array_equal(back, tokens))  # same tokens -> decode gives the same pixels
                     st = summarize(blob, header, info, 0.0)

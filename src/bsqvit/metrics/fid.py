@@ -55,67 +55,13 @@ FID_KINDS = ("auto", "inception", "squeeze-caffe", "none")
 
 
 # ---- BLAS threads -------------------------------------------------------------------------------
-def _openblas_libs() -> list:
-    """(set, get) function pairs of the OpenBLAS copies loaded in this process (Linux only)."""
-    import ctypes
+def blas_threads(n: int | None = None):
+    """Context manager: limit the BLAS threads of NumPy/SciPy to ``n`` (default: torch's thread
+    count, i.e. ``--threads``), restoring them afterwards (threadpoolctl). On a loaded machine
+    OpenBLAS's default (all cores, busy-waiting) makes ``sqrtm``/``eigh`` 10-30x slower."""
+    from threadpoolctl import threadpool_limits
 
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {parts[-1] for parts in (line.split() for line in f)
-                     if len(parts) >= 6 and "openblas" in parts[-1].lower() and ".so" in parts[-1]}
-    except OSError:
-        return []
-    out = []
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for pre in ("", "scipy_"):
-            for suf in ("", "64_"):
-                set_fn = getattr(lib, f"{pre}openblas_set_num_threads{suf}", None)
-                get_fn = getattr(lib, f"{pre}openblas_get_num_threads{suf}", None)
-                if set_fn is not None and get_fn is not None:
-                    out.append((set_fn, get_fn))
-    return out
-
-
-class blas_threads:
-    """Context manager: limit the OpenBLAS threads of NumPy/SciPy to ``n`` (default: torch's
-    thread count, i.e. ``--threads``), restoring them afterwards. On a loaded machine OpenBLAS's
-    default (all cores, busy-waiting) makes ``sqrtm``/``eigh`` 10-30x slower. Uses threadpoolctl
-    when installed; otherwise OpenBLAS's own ``*_set_num_threads`` (Linux); else does nothing."""
-
-    def __init__(self, n: int | None = None):
-        self.n = max(1, int(n if n is not None else torch.get_num_threads()))
-        self._undo: list = []
-
-    def __enter__(self):
-        try:
-            from threadpoolctl import threadpool_limits
-
-            ctl = threadpool_limits(limits=self.n, user_api="blas")
-            self._undo.append(ctl.restore_original_limits)
-            return self
-        except ImportError:
-            pass
-        for set_fn, get_fn in _openblas_libs():
-            try:
-                old = int(get_fn())
-                set_fn(self.n)
-                self._undo.append(lambda f=set_fn, o=old: f(o))
-            except Exception:  # noqa: BLE001 - best effort
-                continue
-        return self
-
-    def __exit__(self, *exc):
-        for undo in reversed(self._undo):
-            try:
-                undo()
-            except Exception:  # noqa: BLE001
-                pass
-        self._undo.clear()
-        return False
+    return threadpool_limits(limits=max(1, int(n if n is not None else torch.get_num_threads())), user_api="blas")
 
 
 # ---- the distance -----------------------------------------------------------------------------
