@@ -43,6 +43,7 @@ from .io import (
     to_uint8,
     video_info,
 )
+from .models.frames import chunks, decode_frames, encode_frames, video_chunk  # noqa: F401 (API of the commands)
 from .models.io import ModelLoadError
 
 PROG = "bsqvit"
@@ -126,36 +127,6 @@ def setup_torch(args) -> None:
         if args.threads < 1:
             raise InputError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-
-
-def video_chunk(model) -> int:
-    """Frames per forward pass: the model's num_frames (1 = frame by frame)."""
-    return max(1, int(model.config.num_frames))
-
-
-def encode_frames(model, x, amp: bool = False):
-    """(3, t, H, W) in [-1, 1] -> indices (t, h, w). Image models code frame by frame (as a batch)."""
-    if model.config.num_frames == 1:
-        return model.encode(x.movedim(1, 0), amp=amp)  # (t, h, w)
-    return model.encode(x[None], amp=amp)[0]
-
-
-def decode_frames(model, idx, size: tuple[int, int], amp: bool = False):
-    """Indices (t, h, w) -> (3, t, H, W) in [-1, 1]; exact inverse path of :func:`encode_frames`."""
-    if model.config.num_frames == 1:
-        return model.decode(idx, size=size, amp=amp).movedim(0, 1)
-    return model.decode(idx[None], size=size, amp=amp)[0]
-
-
-def chunks(frames: Iterable[np.ndarray], n: int) -> Iterable[np.ndarray]:
-    buf = []
-    for f in frames:
-        buf.append(f)
-        if len(buf) == n:
-            yield np.stack(buf)
-            buf = []
-    if buf:
-        yield np.stack(buf)
 
 
 def psnr_from_sse(sse: float, count: int) -> float:

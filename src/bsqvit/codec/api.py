@@ -9,7 +9,7 @@
 >>> y = decompress(res.data, model, prior)                          # == model.decode(model.encode(x))
 
 The pixels of :func:`decompress` are those of ``bsqvit reconstruct`` with the same model: the same
-``encode``/``decode`` calls, the same video chunking (``bsqvit.cli.encode_frames`` /
+``encode``/``decode`` calls, the same video chunking (``bsqvit.models.frames.encode_frames`` /
 ``decode_frames`` in chunks of the model's ``num_frames``).
 """
 
@@ -29,6 +29,8 @@ import numpy as np
 import torch
 
 from ..io import InputError
+from ..models.frames import chunks as frame_chunks
+from ..models.frames import decode_frames, encode_frames, video_chunk
 from .coding import (
     DEFAULT_PROB_BITS,
     CodingStats,
@@ -86,8 +88,6 @@ def token_bits(model) -> int:
 
 
 def _chunk_frames(model) -> int:
-    from ..cli import video_chunk
-
     return video_chunk(model)
 
 
@@ -269,8 +269,6 @@ def decode_tokens(data: bytes, prior=None, limits: Limits | None = None,
 # ---- tensors ------------------------------------------------------------------------------------------
 def tokenize(model, x: torch.Tensor, amp: bool = False) -> np.ndarray:
     """(3, H, W) -> (1, h, w); (3, T, H, W) -> (T, h, w): the calls of ``bsqvit reconstruct``."""
-    from ..cli import encode_frames
-
     if x.ndim == 3:
         return model.encode(x[None], amp=amp)[0].numpy()[None]
     n = _chunk_frames(model)
@@ -310,8 +308,6 @@ def summarize(data: bytes, header: Header, info: dict, seconds: float) -> dict:
 
 def _decode_pixels(model, header: Header, token_blocks: Iterator[np.ndarray], amp: bool = False):
     """Yield uint8-ready pixel chunks (3, t, H, W) in [-1, 1] (t = the tokenizer's chunk)."""
-    from ..cli import decode_frames
-
     size = (header.height, header.width)
     n = header.chunk_frames
     buf: list[np.ndarray] = []
@@ -353,8 +349,6 @@ def read_bsq(path: str | os.PathLike, limits: Limits | None = None) -> bytes:
 def compress_file(inp, out, model, prior=None, options: CodecOptions | None = None, max_frames: int | None = None,
                   amp: bool = False) -> dict:
     """Image or video file -> ``.bsq`` file (written atomically). Returns the statistics."""
-    from ..cli import chunks as frame_chunks
-    from ..cli import encode_frames
     from ..io import atomic_path, from_uint8, is_video_path, iter_video_frames, load_image, video_info
 
     t0 = time.perf_counter()

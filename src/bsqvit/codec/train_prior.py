@@ -35,6 +35,7 @@ import torch
 
 from ..config import ConfigError, from_dict, load_yaml, parse_overrides, set_by_path, to_dict
 from ..io import InputError
+from ..models.frames import encode_frames
 from .prior import PriorConfig, TokenPrior
 
 log = logging.getLogger("bsqvit.codec.train_prior")
@@ -105,7 +106,6 @@ def _crop_positions(seed: int, index: int, n: int, H: int, W: int, crop: int) ->
 
 def _encode_batches(model, crops: list[np.ndarray], batch: int) -> np.ndarray:
     """uint8 crops (H, W, 3) or clips (T, H, W, 3) -> int64 tokens."""
-    from ..cli import encode_frames
     from ..io import from_uint8
 
     out = []
