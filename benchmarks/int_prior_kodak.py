@@ -112,6 +112,30 @@ def measure(model, priors, inputs, tile_batch):
     return rows
 
 
+def speed(model, priors, files) -> dict:
+    """Seconds per image of the entropy decoding, float prior (format 1.0's settings, and 2 threads)
+    against the integer prior (default tile batch; 2 and 1 threads), on the same tokens."""
+    settings = [("float, 1 thread, tile batch 16 (format 1.0)", False, 1, 16), ("float, 2 threads", False, 2, 16),
+                ("integer, 2 threads", True, 2, None), ("integer, 1 thread", True, 1, None)]
+    with torch.inference_mode():
+        tokens = [model.encode(load_image(f)[None])[0].numpy() for f in files]
+    out = {}
+    for pname, prior in priors:
+        for label, integer, threads, tile_batch in settings:
+            engine = as_engine(prior) if integer else FloatEngine(prior)
+            seconds = []
+            for tok in tokens:
+                with prior_threads(threads):
+                    data, _, _ = _code(engine, tok[None], tile_batch)
+                    t0 = time.perf_counter()
+                    back = _decode(engine, data, tok[None].shape, tile_batch)
+                    seconds.append(time.perf_counter() - t0)
+                assert np.array_equal(back[0], tok)
+            out[f"{pname} | {label}"] = float(np.mean(seconds))
+            print(f"{pname} | {label}: {np.mean(seconds):.3f} s/image", flush=True)
+    return out
+
+
 def summarize(rows) -> dict:
     out = {}
     for name in dict.fromkeys(r["prior"] for r in rows):
@@ -135,12 +159,18 @@ def main() -> None:
     ap.add_argument("--tile-batch", type=int, default=None, help="default: the coder's, by prior kind")
     ap.add_argument("--video", default=None, metavar="CLIP", help="code the frames of a clip instead of Kodak")
     ap.add_argument("--max-frames", type=int, default=16)
+    ap.add_argument("--speed", action="store_true", help="only the side-by-side decode seconds, float vs integer")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = BSQViT.from_pretrained(args.model).eval()
     priors = [(p, TokenPrior.from_pretrained(p).eval()) for p in args.prior]
     files = sorted(Path(args.data).glob("*.png"))[: args.limit]
+    if args.speed:
+        result = speed(model, priors, files)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"speed": result}, indent=2) + "\n")
+        return
     rows = measure(model, priors, _inputs(model, files, args.video, args.max_frames), args.tile_batch)
     summary = summarize(rows)
     print(json.dumps(summary, indent=2))
