@@ -546,8 +546,8 @@ def test_bd_rate_methods():
 
 
 def test_cli_rd_images_and_video(tmp_path, capsys):
-    src = np.asarray(Image.open("/work/shared/data/kodak/kodim05.png").convert("RGB")) if Path(
-        "/work/shared/data/kodak/kodim05.png").exists() else np.asarray(Image.open(DATA / "image.png").convert("RGB"))
+    kodim05 = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak" / "kodim05.png"
+    src = np.asarray(Image.open(kodim05 if kodim05.exists() else DATA / "image.png").convert("RGB"))
     d = tmp_path / "imgs"
     d.mkdir()
     Image.fromarray(np.ascontiguousarray(src[:40, :48])).save(d / "a.png")

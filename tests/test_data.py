@@ -34,7 +34,8 @@ from bsqvit.data import (
 from bsqvit.data.transforms import CropParams, center_crop_params, hflip, resize_short_side, to_tensor
 from bsqvit.data.video import count_frames, find_videos, read_frames
 
-DATA = Path("/work/shared/data")
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"  # ../shared beside the checkout
+DATA = SHARED_DIR / "data"
 VIDEO = DATA / "video"
 H264 = VIDEO / "openh264_MR1_BT_A.h264"
 BLACKSWAN = VIDEO / "davis2016_frames" / "blackswan"

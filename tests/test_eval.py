@@ -15,7 +15,7 @@ from PIL import Image
 from bsqvit import BSQViT
 from bsqvit.cli import main
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the checkout
 KODAK = DATA / "kodak"
 DAVIS = DATA / "video" / "davis2016_frames" / "blackswan"
 needs_data = pytest.mark.skipif(not (KODAK / "kodim01.png").is_file() or not DAVIS.is_dir(),

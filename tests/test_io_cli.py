@@ -29,7 +29,8 @@ from bsqvit.io import (
     write_video_lossless,
 )
 
-DATA = Path("/work/shared/data")
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"  # ../shared beside the checkout
+DATA = SHARED_DIR / "data"
 KODAK = DATA / "kodak" / "kodim01.png"
 RAW_H264 = DATA / "video" / "openh264_MR1_BT_A.h264"
 MP4 = DATA / "video" / "imageio_realshort.mp4"

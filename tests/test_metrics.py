@@ -24,8 +24,9 @@ from bsqvit.metrics.fvd import fvd_from_features, preprocess_clips
 from bsqvit.metrics.tokens import TokenStats, raw_bpp
 from bsqvit.nets.backbones import WeightsNotFound
 
-KODAK = Path("/work/shared/data/kodak")
-WEIGHTS = Path("/work/shared/weights")
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"  # ../shared beside the checkout
+KODAK = SHARED_DIR / "data/kodak"
+WEIGHTS = SHARED_DIR / "weights"
 needs_kodak = pytest.mark.skipif(not (KODAK / "kodim01.png").is_file(), reason="Kodak not available")
 needs_squeeze = pytest.mark.skipif(not (WEIGHTS / "squeezenet1_1_caffe" / "squeezenet1_1_features.pth").is_file(),
                                    reason="SqueezeNet-Caffe weights not available")

@@ -20,10 +20,11 @@ from bsqvit.nets import (
 from bsqvit.metrics import lpips as lpips_mod
 from bsqvit.metrics.lpips import LPIPS, build_perceptual
 
-SHARED = Path("/work/shared/weights")
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"  # ../shared beside the checkout
+SHARED = SHARED_DIR / "weights"
 CAFFE_SQZ = SHARED / "squeezenet1_1_caffe" / "squeezenet1_1_features.pth"
 LIN_DIR = SHARED / "lpips_v0.1"
-KODIM01 = Path("/work/shared/data/kodak/kodim01.png")
+KODIM01 = SHARED_DIR / "data/kodak/kodim01.png"
 
 needs_caffe = pytest.mark.skipif(not CAFFE_SQZ.is_file(), reason="shared SqueezeNet-Caffe weights absent")
 needs_lin = pytest.mark.skipif(not LIN_DIR.is_dir(), reason="shared lpips v0.1 weights absent")
