@@ -228,11 +228,17 @@ def test_files_at_the_default_limits_decode_in_seconds(ctx, tmp_path):
         assert max(r[3] for r in res.values()) < fc.HANG_S and peak <= fc.mem_bound(lim)
 
 
-def test_cli_max_pixels_raises_the_per_frame_bound(tmp_path, capsys):
+def _patch8_model(path: Path):
+    """A tiny patch-8 tokenizer saved at ``path`` (few tokens per pixel: large frames stay cheap)."""
     torch.manual_seed(0)
     m8 = BSQViT(dict(image_size=[8, 8], patch_size=8, width=16, layers=1, heads=2, head_dim=16,
                      quantizer=dict(type="bsq", dim=18, group_size=9))).eval()
-    m8.save_pretrained(tmp_path / "m8")
+    m8.save_pretrained(path)
+    return m8
+
+
+def test_cli_max_pixels_raises_the_per_frame_bound(tmp_path, capsys):
+    m8 = _patch8_model(tmp_path / "m8")
     header = base_header(m8, "image", 688, 768, 1, 0.0, None, CodecOptions())  # 528,384 px > 2^19
     data, _ = encode_tokens(np.zeros((1, *header.grid), np.int64), header)
     (tmp_path / "big.bsq").write_bytes(data)
@@ -246,10 +252,7 @@ def test_cli_max_pixels_raises_the_per_frame_bound(tmp_path, capsys):
 
 def test_cli_max_tokens_raises_the_per_file_bound(tmp_path, capsys):
     """A video over the default token budget: refused with a hint, decoded with --max-tokens."""
-    torch.manual_seed(0)
-    m8 = BSQViT(dict(image_size=[8, 8], patch_size=8, width=16, layers=1, heads=2, head_dim=16,
-                     quantizer=dict(type="bsq", dim=18, group_size=9))).eval()
-    m8.save_pretrained(tmp_path / "m8")
+    m8 = _patch8_model(tmp_path / "m8")
     header = base_header(m8, "video", 64, 64, 520, 10.0, None, CodecOptions())  # 520 x 64 = 33,280 > 2^15 tokens
     data, _ = encode_tokens(np.zeros((520, *header.grid), np.int64), header)
     (tmp_path / "long.bsq").write_bytes(data)
