@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -13,3 +16,8 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"  # the project's data and weights, beside the checkout
+if (SHARED / "weights").is_dir():  # the library finds metric weights through this variable only
+    os.environ.setdefault("BSQVIT_WEIGHTS_DIR", str(SHARED / "weights"))

@@ -9,7 +9,7 @@ from .quantizers import (
     VectorQuantizer,
 )
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "BSQViT",

@@ -70,14 +70,9 @@ class EvalConfig:
 
 
 def default_weight_dirs(extra: str | os.PathLike | None = None) -> list[str]:
-    """Directories searched for metric weights: ``extra``, then the project's shared weights
-    folder (``../shared/weights`` from the working directory or next to the checkout), if present.
-    ``$BSQVIT_WEIGHTS_DIR`` and the torch-hub cache are searched by the loaders themselves."""
-    dirs = [str(extra)] if extra else []
-    for cand in (Path.cwd().parent / "shared" / "weights", Path(__file__).resolve().parents[3] / "shared" / "weights"):
-        if cand.is_dir() and str(cand) not in dirs:
-            dirs.append(str(cand))
-    return dirs
+    """Directories searched for metric weights besides the loaders' own ``$BSQVIT_WEIGHTS_DIR``
+    and torch-hub cache: ``extra`` (``--weights-dir``) when given."""
+    return [str(extra)] if extra else []
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -515,7 +510,7 @@ def evaluate(model, cfg: EvalConfig, model_path: str | None = None) -> dict:
     if cfg.video:
         labels["rfvd"] = fvd.get("label", fvd.get("status"))
     stand_ins = [k for k, info in (("lpips", lpips_info), ("rfid", fid)) if info.get("stand_in")]
-    from . import __version__
+    from .version import __version__
 
     result = {
         "bsqvit_version": __version__,

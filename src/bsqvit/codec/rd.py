@@ -108,22 +108,15 @@ def encode_video(frames: np.ndarray, fps: float, codec: str, crf: int, tmpdir: P
 
 
 # ---- metrics -----------------------------------------------------------------------------------------------
-def _weight_dirs() -> list[str]:
-    """``../shared/weights`` from the working directory, or next to the checkout (src layout)."""
-    cands = [Path.cwd().parent / "shared" / "weights", Path(__file__).resolve().parents[4] / "shared" / "weights"]
-    return list(dict.fromkeys(str(c) for c in cands if c.is_dir()))
-
-
 def build_lpips():
+    """The SqueezeNet LPIPS stand-in; its weights are found through ``$BSQVIT_WEIGHTS_DIR`` or the
+    torch-hub cache (see :mod:`bsqvit.nets.backbones`)."""
     from ..metrics.lpips import build_perceptual
 
-    last = None
-    for d in _weight_dirs() or [None]:
-        try:
-            return build_perceptual("squeeze-caffe", weights_dir=d).eval()
-        except (FileNotFoundError, OSError) as e:
-            last = e
-    raise InputError(f"LPIPS stand-in unavailable ({last}); use --no-lpips")
+    try:
+        return build_perceptual("squeeze-caffe", weights_dir=None).eval()
+    except (FileNotFoundError, OSError) as e:
+        raise InputError(f"LPIPS stand-in unavailable ({e}); set BSQVIT_WEIGHTS_DIR or use --no-lpips") from None
 
 
 class Metrics:

@@ -43,7 +43,7 @@ log = logging.getLogger("bsqvit.codec.train_prior")
 
 @dataclass
 class PriorDataConfig:
-    train: list[str] = field(default_factory=lambda: ["../shared/data/train/bsds500"])
+    train: list[str] = field(default_factory=list)  # folders of training images (or data.video)
     video: list[str] = field(default_factory=list)  # video files or frame folders (for video priors)
     crop: int = 256  # pixels (a multiple of the tokenizer's patch, >= tile * patch)
     crops_per_image: int = 2
@@ -183,6 +183,8 @@ def extract_tokens(model, cfg: PriorTrainConfig, cache_dir: Path, progress: bool
     p = model.patch_size
     if d.crop % p:
         raise ConfigError(f"data.crop {d.crop} is not a multiple of the patch size {p}")
+    if not d.train and not d.video:
+        raise ConfigError("data.train (folders of training images) or data.video is required")
     files = find_images(d.train) if d.train else []
     if d.limit is not None:
         files = files[: d.limit]

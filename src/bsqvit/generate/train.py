@@ -49,7 +49,7 @@ class GenArchConfig:
 
 @dataclass
 class GenDataConfig:
-    train: list[str] = field(default_factory=lambda: ["../shared/data/train/imagenette224"])
+    train: list[str] = field(default_factory=list)  # folders of class-named training images (required)
     resolution: int = 64
     flip: bool = True
     classes: list[str] = field(default_factory=list)  # class ids; empty = the wnid prefixes found
@@ -121,6 +121,8 @@ def _files_and_classes(cfg: GenTrainConfig) -> tuple[list[str], list[str]]:
     from ..data.images import find_images
     from .data import class_of, discover_classes
 
+    if not cfg.data.train:
+        raise ConfigError("data.train (folders of training images) is required")
     files = find_images(cfg.data.train)
     if not files:
         raise ConfigError(f"no images under {cfg.data.train}")

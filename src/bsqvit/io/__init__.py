@@ -11,73 +11,9 @@ directory) raises :class:`InputError`, a ``ValueError`` with a one-line message 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-from pathlib import Path
-from typing import Iterator
-
-
-class InputError(ValueError):
-    """A file could not be read or written as requested (one-line message naming the file)."""
-
-
-def one_line(msg: object) -> str:
-    """Collapse a message to a single line (for error reporting)."""
-    return " ".join(str(msg).split())
-
-
-def temp_path_for(path: str | os.PathLike, suffix: str | None = None) -> Path:
-    """Create an empty temporary file next to ``path`` (same directory, same suffix) and return it.
-
-    Raises :class:`InputError` when the output directory is missing or ``path`` is a directory.
-    """
-    path = Path(path)
-    parent = path.parent
-    if not parent.is_dir():
-        raise InputError(f"{path}: output directory {parent} does not exist")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory")
-    suffix = path.suffix if suffix is None else suffix
-    try:
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp" + suffix)
-    except OSError as e:
-        raise InputError(f"{path}: cannot write ({one_line(e.strerror or e)})") from None
-    os.close(fd)
-    return Path(tmp)
-
-
-def commit_temp(tmp: Path, path: str | os.PathLike) -> None:
-    """Give ``tmp`` the usual umask permissions and move it onto ``path`` (atomic on one filesystem)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
-def discard_temp(tmp: Path) -> None:
-    with contextlib.suppress(OSError):
-        Path(tmp).unlink()
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed.
-
-    The temporary name keeps the output's suffix (or ``suffix``) so that format detection by
-    extension still works, and the final file gets the usual umask-based permissions.
-    """
-    tmp = temp_path_for(path, suffix)
-    try:
-        yield tmp
-        commit_temp(tmp, path)
-    except BaseException:
-        discard_temp(tmp)
-        raise
-
-
-from .image import IMAGE_SUFFIXES, from_uint8, load_image, save_image, to_uint8  # noqa: E402
-from .video import (  # noqa: E402
+from .files import InputError, atomic_path, commit_temp, discard_temp, one_line, temp_path_for
+from .image import IMAGE_SUFFIXES, from_uint8, load_image, save_image, to_uint8
+from .video import (
     RAW_STREAM_SUFFIXES,
     VIDEO_SUFFIXES,
     VideoWriter,

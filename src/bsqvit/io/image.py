@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import InputError, atomic_path, one_line
+from .files import InputError, atomic_path, one_line
 
 # Suffixes Pillow can write that we accept for outputs (input formats: anything Pillow reads).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pnm", ".tga", ".gif")

@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from . import InputError, commit_temp, discard_temp, one_line, temp_path_for
+from .files import InputError, commit_temp, discard_temp, one_line, temp_path_for
 from .image import from_uint8, to_uint8
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".264", ".h264", ".jsv", ".265", ".hevc")

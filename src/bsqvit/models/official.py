@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError, from_dict
-from .bsqvit import BSQViTConfig
+from .config import BSQViTConfig
 from .io import ModelLoadError, load_state_dict_checked
 
 # (reference pattern, ours); applied to keys without the DDP prefix

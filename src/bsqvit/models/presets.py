@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import from_dict, to_dict
-from .bsqvit import BSQViTConfig
+from .config import BSQViTConfig
 
 
 def _vitb(image: int, bits: int, group: int, **kw) -> dict:
