@@ -22,16 +22,14 @@ import numpy as np
 
 def run_demo(data: str, out: str | Path, limit: int | None = None, codecs=("jpeg", "webp"), gen_per_class: int = 4,
              lpips: bool = True, echo=print) -> dict:
-    import torch
-
-    from .cli import default_model_dir
     from .codec.api import compress_file, decompress_file
     from .codec.container import FORMAT_LIMITS
-    from .codec.cli import resolve_prior
+    from .codec.prior import default_prior
     from .codec.rd import Metrics, run_rd
     from .data.images import find_images
     from .io import InputError, load_image, to_uint8
     from .models import BSQViT
+    from .pretrained import default_model_dir
 
     files = find_images(data)
     if limit is not None:
@@ -43,7 +41,7 @@ def run_demo(data: str, out: str | Path, limit: int | None = None, codecs=("jpeg
         d.mkdir(parents=True, exist_ok=True)
     t_all = time.time()
     model = BSQViT.from_pretrained(str(default_model_dir())).eval()
-    prior = resolve_prior(None, model)
+    prior = default_prior(model)
     if prior is None:
         raise InputError("no embedded prior matching the embedded tokenizer is installed")
     metrics = Metrics(lpips)
@@ -80,24 +78,7 @@ def run_demo(data: str, out: str | Path, limit: int | None = None, codecs=("jpeg
 
     gdir = default_dir("gen")
     if gdir is not None and gen_per_class > 0:
-        from PIL import Image
-
-        from .generate.model import MaskedTokenModel
-        from .generate.train import generate_images, image_grid
-        from .io import atomic_path
-
-        gen = MaskedTokenModel.from_pretrained(str(gdir)).eval()
-        t0 = time.perf_counter()
-        C = max(1, gen.config.num_classes)
-        labels = torch.arange(C).repeat_interleave(gen_per_class) if gen.config.num_classes else \
-            torch.full((gen_per_class,), -1)
-        _, images = generate_images(gen, model, labels, seed=0, steps=12, guidance=2.0)
-        (out / "generated").mkdir(exist_ok=True)
-        with atomic_path(out / "generated" / "grid.png") as tmp:
-            Image.fromarray(image_grid(images, gen_per_class)).save(tmp)
-        result["generate_seconds"] = time.perf_counter() - t0
-        echo(f"generated {len(images)} images ({C} classes x {gen_per_class}) -> {out / 'generated' / 'grid.png'} "
-             f"({result['generate_seconds']:.1f} s)")
+        result["generate_seconds"] = _sample_grid(gdir, model, out, gen_per_class, echo)
     result["seconds"] = time.time() - t_all
     from .io import atomic_path
 
@@ -105,3 +86,28 @@ def run_demo(data: str, out: str | Path, limit: int | None = None, codecs=("jpeg
         Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
     echo(f"done in {result['seconds']:.0f} s -> {out} (bsq/, decoded/, rd.png, rd.md, rd.json, generated/grid.png)")
     return result
+
+
+def _sample_grid(gdir: Path, model, out: Path, gen_per_class: int, echo) -> float:
+    """Draw ``gen_per_class`` samples per class with the embedded generator into
+    ``out/generated/grid.png``; returns the seconds taken."""
+    import torch
+    from PIL import Image
+
+    from .generate.model import MaskedTokenModel
+    from .generate.train import generate_images, image_grid
+    from .io import atomic_path
+
+    gen = MaskedTokenModel.from_pretrained(str(gdir)).eval()
+    t0 = time.perf_counter()
+    C = max(1, gen.config.num_classes)
+    labels = torch.arange(C).repeat_interleave(gen_per_class) if gen.config.num_classes else \
+        torch.full((gen_per_class,), -1)
+    _, images = generate_images(gen, model, labels, seed=0, steps=12, guidance=2.0)
+    (out / "generated").mkdir(exist_ok=True)
+    with atomic_path(out / "generated" / "grid.png") as tmp:
+        Image.fromarray(image_grid(images, gen_per_class)).save(tmp)
+    seconds = time.perf_counter() - t0
+    echo(f"generated {len(images)} images ({C} classes x {gen_per_class}) -> {out / 'generated' / 'grid.png'} "
+         f"({seconds:.1f} s)")
+    return seconds

@@ -86,6 +86,20 @@ def default_dir(component: str, root: Path | None = None) -> Path | None:
     return root / component
 
 
+NO_DEFAULT_MODEL = "no --model given and no embedded default model is installed"
+
+
+def default_model_dir() -> Path:
+    """The embedded default tokenizer (verified against its manifest), or an
+    :class:`~bsqvit.io.InputError`."""
+    from .io import InputError
+
+    d = default_dir("tokenizer")
+    if d is None:
+        raise InputError(NO_DEFAULT_MODEL)
+    return d
+
+
 def write_manifest(root: Path, meta: dict | None = None) -> dict:
     """(Re)write ``MANIFEST.json`` for every file under ``root`` (used when packaging)."""
     files = {}

@@ -416,3 +416,18 @@ class TokenPrior(
         for blk in self.blocks:
             x = blk(x, mask=mask)
         return self.ln_f(x)
+
+
+def default_prior(model=None) -> TokenPrior | None:
+    """The embedded default token prior (eval mode, :mod:`bsqvit.pretrained`), or None when none
+    ships or when it was trained for another tokenizer than ``model`` (by ``weights_hash()``)."""
+    from ..pretrained import default_dir
+
+    d = default_dir("prior")
+    if d is None:
+        return None
+    prior = TokenPrior.from_pretrained(str(d)).eval()
+    h = prior.config.tokenizer_hash
+    if model is not None and h is not None and h != model.weights_hash():
+        return None
+    return prior

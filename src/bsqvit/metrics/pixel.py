@@ -148,3 +148,9 @@ def per_frame(metric: Callable[[Tensor, Tensor], Tensor | None], x: Tensor, y: T
     B, T = x.shape[0], x.shape[2]
     v = metric(frames_as_batch(x), frames_as_batch(y))
     return None if v is None else v.reshape(B, T).mean(1)
+
+
+def psnr_from_sse(sse: float, count: int) -> float:
+    """PSNR (dB, 8-bit peak) from a sum of squared 0..255 errors over ``count`` values."""
+    mse = sse / max(count, 1)
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)

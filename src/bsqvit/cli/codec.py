@@ -1,75 +1,42 @@
 """``bsqvit compress / decompress / info / train-prior / rd``: the codec's commands.
 
-Registered in :data:`bsqvit.cli.COMMANDS` through :data:`CODEC_COMMANDS`. Same error policy as
-the rest of the command line: bad input prints one ``bsqvit: error: ...`` line and exits with 2;
-outputs are written atomically and never replace an input. Heavy imports happen inside the
-``cmd_`` functions so that building the parser stays cheap.
+Same error policy as the rest of the command line (:mod:`bsqvit.cli.common`): bad input prints
+one ``bsqvit: error: ...`` line and exits with 2; outputs are written atomically and never
+replace an input.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import sys
 from pathlib import Path
 
-from .container import FORMAT_LIMITS, Limits
-
-
-def _base():
-    from .. import cli
-
-    return cli
-
-
-def resolve_prior(arg: str | None, model=None):
-    """``--prior``: a directory written by ``save_pretrained``; ``none`` for raw tokens; absent:
-    the embedded default prior when it was trained for ``model`` (else raw)."""
-    from .prior import TokenPrior
-
-    if arg is not None and str(arg).lower() == "none":
-        return None
-    if arg is None:
-        from ..pretrained import default_dir
-
-        d = default_dir("prior")
-        if d is None:
-            return None
-        prior = TokenPrior.from_pretrained(str(d)).eval()
-        h = prior.config.tokenizer_hash
-        if model is not None and h is not None and h != model.weights_hash():
-            return None
-        return prior
-    prior = TokenPrior.from_pretrained(str(arg))
-    prior.eval()
-    return prior
-
-
-def _has_default_prior() -> bool:
-    from ..pretrained import available
-
-    return available("prior")
-
-
-def _prior_files(arg) -> list[Path]:
-    if arg is None or str(arg).lower() == "none":
-        return []
-    return _base().model_files(arg)
-
-
-def _print_json(d: dict) -> None:
-    print(json.dumps(d, indent=2, sort_keys=True, default=str))
-
-
-def _positive(name: str, v: int | None, hi: int) -> None:
-    if v is not None and not (1 <= v <= hi):
-        from ..io import InputError
-
-        raise InputError(f"{name} must be in 1..{hi}, got {v}")
+from .. import pretrained
+from ..codec.api import CodecOptions, compress_file, decompress_file, info, is_frames_dir, read_bsq
+from ..codec.container import FORMAT_LIMITS, Limits, read_container, short_id
+from ..codec.rd import run_rd
+from ..codec.train_prior import load_prior_train_config, train_prior
+from ..io import InputError
+from .common import (
+    PROG,
+    add_model_args,
+    add_video_out_args,
+    check_input,
+    check_output,
+    check_range,
+    default_model_dir,
+    has_default_prior,
+    model_files,
+    print_json,
+    prior_files,
+    resolve_model,
+    resolve_prior,
+    setup_torch,
+)
 
 
 # ---- compress ------------------------------------------------------------------------------------
 def add_compress(sub) -> None:
-    base = _base()
     p = sub.add_parser("compress", help="image or video -> .bsq file (tokens, optional prior + range coding)",
                        description=(
                            "Tokenize IN with the model and write OUT.bsq: raw L-bit token fields "
@@ -77,7 +44,7 @@ def add_compress(sub) -> None:
                            "embedded prior when it matches the tokenizer). See docs/CODEC.md."))
     p.add_argument("input", metavar="IN")
     p.add_argument("output", metavar="OUT.bsq")
-    base.add_model_args(p)
+    add_model_args(p)
     p.add_argument("--prior", default=None, metavar="DIR|none", help="token prior directory, or none (raw); default: the embedded prior")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="video: only the first N frames")
     _add_prior_runtime_args(p)
@@ -95,11 +62,9 @@ def _add_prior_runtime_args(p) -> None:
 
 
 def _options(args):
-    from .api import CodecOptions
-
-    _positive("--prior-threads", args.prior_threads, 255)
-    _positive("--tile-batch", args.tile_batch, 256)
-    _positive("--frames-per-chunk", getattr(args, "frames_per_chunk", None), 4096)
+    check_range("--prior-threads", args.prior_threads, 255)
+    check_range("--tile-batch", args.tile_batch, 256)
+    check_range("--frames-per-chunk", getattr(args, "frames_per_chunk", None), 4096)
     opts = CodecOptions()
     for name in ("prior_threads", "tile_batch", "frames_per_chunk"):
         if getattr(args, name, None) is not None:
@@ -108,15 +73,12 @@ def _options(args):
 
 
 def cmd_compress(args) -> int:
-    base = _base()
-    from .api import compress_file
-
-    inp = base.check_input(args.input)
-    out = base.check_output(args.output, [inp, *base.model_files(args.model), *_prior_files(args.prior)],
+    inp = check_input(args.input)
+    out = check_output(args.output, [inp, *model_files(args.model), *prior_files(args.prior)],
                             force=args.force)
     opts = _options(args)
-    base.setup_torch(args)
-    model = base.resolve_model(args.model)
+    setup_torch(args)
+    model = resolve_model(args.model)
     prior = resolve_prior(args.prior, model)
     warnings = []
     if prior is not None and prior.config.tokenizer_hash and prior.config.tokenizer_hash != model.weights_hash():
@@ -125,9 +87,9 @@ def cmd_compress(args) -> int:
     if warnings:
         stats["warnings"] = warnings
         for w in warnings:
-            print(f"{base.PROG}: warning: {w}", file=__import__("sys").stderr)
+            print(f"{PROG}: warning: {w}", file=sys.stderr)
     if args.json:
-        _print_json(stats)
+        print_json(stats)
     else:
         over = stats["coder_overhead"]
         print(f"{inp} -> {out}: {stats['media']}, {stats['bytes']} bytes, {stats['bpp']:.4f} bpp, "
@@ -143,14 +105,13 @@ def _limits(args) -> Limits:
     for name in ("max_pixels", "max_tokens"):
         value = getattr(args, name)
         if value is not None:
-            _positive("--" + name.replace("_", "-"), value, getattr(FORMAT_LIMITS, name))
+            check_range("--" + name.replace("_", "-"), value, getattr(FORMAT_LIMITS, name))
             setattr(limits, name, value)
     return limits
 
 
 # ---- decompress ----------------------------------------------------------------------------------
 def add_decompress(sub) -> None:
-    base = _base()
     p = sub.add_parser("decompress", help=".bsq file -> image (PNG, ...) or video (MP4, or a folder of PNG frames)",
                        description=(
                            "Decode IN.bsq with the model (and prior) it was made with. Images: OUT is an image "
@@ -158,9 +119,9 @@ def add_decompress(sub) -> None:
                            "of PNG frames. The pixels equal `bsqvit reconstruct` of the original with that model."))
     p.add_argument("input", metavar="IN.bsq")
     p.add_argument("output", metavar="OUT")
-    base.add_model_args(p)
+    add_model_args(p)
     p.add_argument("--prior", default=None, metavar="DIR", help="the token prior the file was coded with")
-    base.add_video_out_args(p)
+    add_video_out_args(p)
     _add_prior_runtime_args(p)
     p.add_argument("--max-pixels", type=int, default=None, metavar="N",
                    help=f"refuse files whose frames have more than N pixels (default {Limits().max_pixels})")
@@ -172,39 +133,33 @@ def add_decompress(sub) -> None:
 
 
 def cmd_decompress(args) -> int:
-    base = _base()
-    from .api import decompress_file, is_frames_dir, read_bsq
-    from .container import read_container
-
-    inp = base.check_input(args.input)
+    inp = check_input(args.input)
     out_arg = args.output
-    inputs = [inp, *base.model_files(args.model), *_prior_files(args.prior)]
+    inputs = [inp, *model_files(args.model), *prior_files(args.prior)]
     if is_frames_dir(out_arg):
         out = Path(out_arg.rstrip(os.sep) or out_arg)
         if any(out.resolve() == Path(i).resolve() for i in inputs):
-            raise base.InputError(f"{out}: refusing to overwrite the input")
+            raise InputError(f"{out}: refusing to overwrite the input")
     else:
-        out = base.check_output(out_arg, inputs, force=args.force)
+        out = check_output(out_arg, inputs, force=args.force)
     opts = _options(args)
     limits = _limits(args)
     header, _ = read_container(read_bsq(inp, limits), limits)  # a bad file fails here, before any model is loaded
     if header.coder != "raw" and (
-            args.prior is not None and str(args.prior).lower() == "none" or args.prior is None and not _has_default_prior()):
-        raise base.InputError(f"{inp}: coded with a {header.coder} prior (id {header.prior_id[:12]}...); "
+            args.prior is not None and str(args.prior).lower() == "none" or args.prior is None and not has_default_prior()):
+        raise InputError(f"{inp}: coded with a {header.coder} prior (id {header.prior_id[:12]}...); "
                               "give it with --prior DIR")
-    base.setup_torch(args)
-    model = base.resolve_model(args.model)
+    setup_torch(args)
+    model = resolve_model(args.model)
     prior = resolve_prior(args.prior) if header.coder != "raw" else None  # the id is checked on decode
     if prior is not None and args.prior is None:
-        from .container import short_id
-
         if short_id(prior.weights_hash()) != header.prior_id:  # not the embedded prior's file
-            raise base.InputError(f"{inp}: coded with a {header.coder} prior (id {header.prior_id[:12]}...) that is "
+            raise InputError(f"{inp}: coded with a {header.coder} prior (id {header.prior_id[:12]}...) that is "
                                   "not the embedded one; give it with --prior DIR")
     stats = decompress_file(inp, out_arg, model, prior, limits=limits, crf=args.crf, lossless=args.lossless,
                             amp=args.amp, options=opts)
     if args.json:
-        _print_json(stats)
+        print_json(stats)
     else:
         kind = f"image {stats['width']}x{stats['height']}" if stats["media"] == "image" else \
             f"video {stats['frames']}x{stats['width']}x{stats['height']}"
@@ -221,9 +176,7 @@ def add_info(sub) -> None:
 
 
 def cmd_info(args) -> int:
-    from .api import info
-
-    _print_json(info(_base().check_input(args.input)))
+    print_json(info(check_input(args.input)))
     return 0
 
 
@@ -245,10 +198,7 @@ def add_train_prior(sub) -> None:
 
 
 def cmd_train_prior(args) -> int:
-    base = _base()
-    from .train_prior import load_prior_train_config, train_prior
-
-    cfg = load_prior_train_config(base.check_input(args.config), args.overrides)
+    cfg = load_prior_train_config(check_input(args.config), args.overrides)
     result = train_prior(cfg, args.tokenizer, args.output_dir, resume=args.resume, max_steps=args.max_steps,
                          progress=not args.no_progress)
     print(f"done: step {result['step']}, val {result.get('val_bits_per_token', float('nan')):.4f} bits/token "
@@ -279,21 +229,16 @@ def add_rd(sub) -> None:
 
 
 def cmd_rd(args) -> int:
-    base = _base()
-    from .rd import run_rd
-
-    _positive("--limit", args.limit, 1 << 30)
-    base.setup_torch(args)
+    check_range("--limit", args.limit, 1 << 30)
+    setup_torch(args)
     for path in (args.json, args.markdown, args.plot):
         if path:
-            base.check_output(path)
+            check_output(path)
     models, priors = list(args.model), list(args.prior)
     if not models:  # the embedded default tokenizer and (when it matches) its prior
-        models = [str(base.default_model_dir())]
+        models = [str(default_model_dir())]
         if not priors:
-            from ..pretrained import default_dir
-
-            d = default_dir("prior")
+            d = pretrained.default_dir("prior")
             if d is not None:
                 priors = [str(d)]
     report = run_rd(args.data, models=models, priors=priors, video=args.video, limit=args.limit,

@@ -1,7 +1,7 @@
 """``bsqvit train-gen / generate / eval-gen``: the generator's commands.
 
-Registered in :data:`bsqvit.cli.COMMANDS` through :data:`GEN_COMMANDS`; same error policy as the
-rest of the command line (one ``bsqvit: error: ...`` line, exit 2, atomic outputs).
+Same error policy as the rest of the command line (:mod:`bsqvit.cli.common`): one
+``bsqvit: error: ...`` line, exit 2, atomic outputs.
 """
 
 from __future__ import annotations
@@ -10,46 +10,29 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+from PIL import Image
 
-def _base():
-    from .. import cli
-
-    return cli
-
-
-NO_DEFAULT_GEN = "no --gen given and no embedded default generator is installed"
-
-
-def resolve_gen(path_or_none):
-    """``--gen``: a directory written by ``save_pretrained`` (the embedded default when omitted)."""
-    from ..io import InputError
-
-    if path_or_none is None:
-        from ..pretrained import default_dir
-
-        d = default_dir("gen")
-        if d is None:
-            raise InputError(NO_DEFAULT_GEN)
-        path_or_none = d
-    from .model import MaskedTokenModel
-
-    return MaskedTokenModel.from_pretrained(str(path_or_none)).eval()
-
-
-def check_pair(model, gen) -> None:
-    """The generator must have been trained on this tokenizer's tokens."""
-    from ..io import InputError
-
-    h = gen.config.tokenizer_hash
-    if h is not None and h != model.weights_hash():
-        raise InputError("the generator was trained for another tokenizer (tokenizer hash mismatch); "
-                         "pass the --model it was trained with")
+from ..generate.data import class_of, discover_classes
+from ..generate.metrics import GenEvaluator, load_folder
+from ..generate.sampling import fill_canvas
+from ..generate.train import generate_images, image_grid, load_gen_train_config, train_gen
+from ..io import InputError, atomic_path, from_uint8, load_image, to_uint8
+from .common import (
+    add_model_args,
+    check_input,
+    check_output,
+    check_pair,
+    default_model_dir,
+    resolve_gen,
+    resolve_model,
+    setup_torch,
+)
 
 
 def parse_classes(gen, cls: str | None, label: str | None) -> list[int] | None:
     """``--class C|all`` / ``--label NAME`` -> class indices (None = unconditional)."""
-    from ..io import InputError
-
     c = gen.config
     if cls is not None and label is not None:
         raise InputError("give --class or --label, not both")
@@ -87,8 +70,6 @@ def sample_args(p) -> None:
 
 
 def _check_sampling(args) -> None:
-    from ..io import InputError
-
     if args.steps < 1 or args.steps > 1024:
         raise InputError(f"--steps must be in 1..1024, got {args.steps}")
     if not args.temperature > 0:
@@ -115,11 +96,8 @@ def add_train_gen(sub) -> None:
 
 
 def cmd_train_gen(args) -> int:
-    base = _base()
-    from .train import load_gen_train_config, train_gen
-
-    cfg = load_gen_train_config(base.check_input(args.config), args.overrides)
-    tok = args.tokenizer if args.tokenizer is not None else base.default_model_dir()
+    cfg = load_gen_train_config(check_input(args.config), args.overrides)
+    tok = args.tokenizer if args.tokenizer is not None else default_model_dir()
     res = train_gen(cfg, tok, args.output_dir, resume=args.resume, max_steps=args.max_steps,
                     progress=not args.no_progress)
     fid = res.get("fid")
@@ -136,7 +114,7 @@ def add_generate(sub) -> None:
                            "Writes OUT/<class-id>_<k>.png (or uncond_<k>.png) and OUT/grid.png. With --inpaint "
                            "IMAGE --mask MASK.png the tokens under the white part of the mask are re-generated; "
                            "--outpaint PIXELS enlarges the canvas on every side and generates the border."))
-    _base().add_model_args(p)
+    add_model_args(p)
     p.add_argument("--gen", default=None, metavar="DIR", help="generator directory (default: embedded)")
     p.add_argument("--n", type=int, default=8, metavar="N", help="samples (per class with --class all)")
     p.add_argument("--class", dest="cls", default=None, metavar="C",
@@ -152,12 +130,6 @@ def add_generate(sub) -> None:
 
 
 def cmd_generate(args) -> int:
-    import numpy as np
-    import torch
-
-    base = _base()
-    from ..io import InputError
-
     _check_sampling(args)
     if not (1 <= args.n <= 100_000):
         raise InputError(f"--n must be in 1..100000, got {args.n}")
@@ -172,9 +144,9 @@ def cmd_generate(args) -> int:
         raise InputError(f"{out}: exists and is not a directory")
     if not out.parent.is_dir():
         raise InputError(f"{out}: parent directory {out.parent} does not exist")
-    inputs = [base.check_input(f) for f in (args.inpaint, args.mask) if f]
-    base.setup_torch(args)
-    model = base.resolve_model(args.model)
+    inputs = [check_input(f) for f in (args.inpaint, args.mask) if f]
+    setup_torch(args)
+    model = resolve_model(args.model)
     gen = resolve_gen(args.gen)
     check_pair(model, gen)
     classes = parse_classes(gen, args.cls, args.label)
@@ -182,8 +154,6 @@ def cmd_generate(args) -> int:
     if args.inpaint:
         images, names = _edit(args, model, gen, classes)
     else:
-        from .train import generate_images
-
         if classes is None:
             labels = torch.full((args.n,), -1, dtype=torch.int64)
         else:
@@ -193,11 +163,6 @@ def cmd_generate(args) -> int:
                                     choice_temperature=args.choice_temperature)
         ids = gen.config.class_ids or [str(i) for i in range(gen.config.num_classes)]
         names = [f"{ids[int(c)] if c >= 0 else 'uncond'}_{k % args.n:05d}.png" for k, c in enumerate(labels.tolist())]
-    from PIL import Image
-
-    from ..io import atomic_path
-    from .train import image_grid
-
     out.mkdir(exist_ok=True)
     for im, name in zip(images, names):
         if any((out / name).resolve() == p.resolve() for p in inputs):
@@ -215,13 +180,6 @@ def cmd_generate(args) -> int:
 
 def _edit(args, model, gen, classes):
     """Inpainting / outpainting of one image: n variants."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from ..io import InputError, from_uint8, load_image, to_uint8
-    from .sampling import fill_canvas
-
     p = model.patch_size
     img = to_uint8(load_image(args.inpaint))
     H, W = img.shape[:2]
@@ -297,28 +255,20 @@ def add_eval_gen(sub) -> None:
     p.add_argument("--features", default="auto", choices=("auto", "inception", "squeeze-caffe"))
     p.add_argument("--inception-weights", default=None, metavar="PATH")
     p.add_argument("--weights-dir", default=None, metavar="DIR",
-                   help="where feature weights are looked for (e.g. ../shared/weights/squeezenet1_1_caffe)")
+                   help="where feature weights are looked for (a folder holding squeezenet1_1_caffe/, or that folder)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, metavar="OUT.json")
     p.set_defaults(func=cmd_eval_gen)
 
 
 def cmd_eval_gen(args) -> int:
-    import numpy as np
-    import torch
-
-    base = _base()
-    from ..io import InputError
-    from .data import class_of, discover_classes
-    from .metrics import GenEvaluator, load_folder
-
     if not Path(args.ref).is_dir():
         raise InputError(f"{args.ref}: not a directory")
     if args.samples is not None and not Path(args.samples).is_dir():
         raise InputError(f"{args.samples}: not a directory")
     if args.json:
-        base.check_output(args.json)
-    base.setup_torch(args)
+        check_output(args.json)
+    setup_torch(args)
     if args.samples is not None:
         first, _ = load_folder(args.samples, limit=1, exclude=("grid.png",))
         if not first:
@@ -329,7 +279,7 @@ def cmd_eval_gen(args) -> int:
             raise InputError(f"{args.samples}: need at least 2 images, found {len(samples)}")
         gen = model = None
     else:
-        model = base.resolve_model(args.model)
+        model = resolve_model(args.model)
         gen = resolve_gen(args.gen)
         check_pair(model, gen)
         res = args.resolution or gen.config.image_size[0]
@@ -349,8 +299,6 @@ def cmd_eval_gen(args) -> int:
         lab = np.array([index.get(class_of(f), -1) for f in sample_files])
         rows.append({"samples": str(args.samples), **ev.score(samples, lab if (lab >= 0).any() else None)})
     else:
-        from .train import generate_images
-
         if gen.config.num_classes:
             labels = torch.arange(gen.config.num_classes).repeat_interleave(args.n_per_class)
         else:
@@ -367,8 +315,6 @@ def cmd_eval_gen(args) -> int:
                 print(_row_line(r), flush=True)
     result = {"features_label": ev.label, "ref": str(args.ref), "resolution": res, "results": rows}
     if args.json:
-        from ..io import atomic_path
-
         with atomic_path(args.json) as tmp:
             Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
     print(ev.label)

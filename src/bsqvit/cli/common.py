@@ -1,0 +1,205 @@
+"""What every command shares: input/output checks, the model options, ``--threads``, the
+default models (tokenizer, prior, generator) and the error policy.
+
+Error policy: bad input (unreadable/missing files, missing model, bad token files, unknown
+preset, an output that would overwrite an input, a missing output directory) raises one of
+:data:`EXPECTED_ERRORS`; :func:`bsqvit.cli.main` prints it as exactly one line
+``bsqvit: error: ...`` on stderr (:func:`error_message`) and exits with status 2, without a
+traceback. Every output is written atomically (no partial files), and inputs are never
+overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .. import pretrained
+from ..codec.prior import TokenPrior, default_prior
+from ..config import ConfigError
+from ..generate.model import MaskedTokenModel
+from ..io import InputError, VideoWriter, is_video_path, one_line
+from ..models import BSQViT
+from ..models.io import ModelLoadError
+
+PROG = "bsqvit"
+NO_DEFAULT_MODEL = pretrained.NO_DEFAULT_MODEL
+NO_DEFAULT_GEN = "no --gen given and no embedded default generator is installed"
+EXPECTED_ERRORS = (InputError, ModelLoadError, ConfigError, ValueError, OSError, KeyError)
+
+
+def error_message(e: BaseException) -> str:
+    """The one-line message printed for an expected error."""
+    if isinstance(e, KeyError) and e.args:
+        msg = str(e.args[0])
+    elif isinstance(e, OSError) and e.strerror and e.filename:
+        msg = f"{e.filename}: {e.strerror}"
+    else:
+        msg = str(e) or type(e).__name__
+    return one_line(msg)
+
+
+# ---- inputs and outputs ---------------------------------------------------------------------------
+def check_input(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file")
+    if not p.is_file():
+        raise InputError(f"{p}: not a regular file")
+    return p
+
+
+def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), force: bool | None = None) -> Path:
+    """Refuse an output in a missing directory, a directory, or one that is (a link to) an input;
+    with ``force=False``, also an existing file (``--force`` replaces it, atomically)."""
+    out = Path(path)
+    if not out.parent.is_dir():
+        raise InputError(f"{out}: output directory {out.parent} does not exist")
+    if out.is_dir():
+        raise InputError(f"{out}: is a directory")
+    for inp in inputs:
+        inp = Path(inp)
+        same = False
+        if out.exists() and inp.exists():
+            same = os.path.samefile(out, inp)
+        elif out.resolve() == inp.resolve():
+            same = True
+        if same:
+            raise InputError(f"{out}: refusing to overwrite the input {inp}")
+    if force is False and (out.exists() or out.is_symlink()):
+        raise InputError(f"{out}: exists; refusing to overwrite it (use --force)")
+    return out
+
+
+def check_kinds(inp: Path, out: Path, video: bool) -> None:
+    """An image input needs an image output, a video input a video output."""
+    if video and not is_video_path(out):
+        raise InputError(f"{out}: input {inp.name} is a video; the output needs a video suffix (.mp4)")
+    if not video and is_video_path(out):
+        raise InputError(f"{out}: input {inp.name} is an image; the output needs an image suffix (.png)")
+
+
+def check_range(name: str, v: int | None, hi: int) -> None:
+    """An optional integer option must lie in 1..hi."""
+    if v is not None and not (1 <= v <= hi):
+        raise InputError(f"{name} must be in 1..{hi}, got {v}")
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path) -> Iterator[Path]:
+    """Write a new directory atomically: fill the yielded temporary directory (beside ``out``);
+    on success it gets the umask's permissions and is renamed to ``out`` (an existing empty
+    ``out`` is replaced); on failure it is removed. (The io helpers cover single files only.)"""
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in [tmp, *tmp.iterdir()]:
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def print_json(d: dict) -> None:
+    print(json.dumps(d, indent=2, sort_keys=True, default=str))
+
+
+# ---- shared options -------------------------------------------------------------------------------
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, metavar="DIR", help="model directory (save_pretrained format) or Hub id")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast for encoder/decoder")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
+
+
+def add_video_out_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--crf", type=int, default=18, help="H.264 CRF of video outputs (default 18)")
+    p.add_argument("--lossless", action="store_true", help="lossless RGB video output (libx264rgb CRF 0)")
+
+
+def video_writer(out: Path, fps: float, args) -> VideoWriter:
+    return VideoWriter(out, fps, crf=args.crf, lossless=args.lossless)
+
+
+def setup_torch(args) -> None:
+    import torch
+
+    if getattr(args, "max_frames", None) is not None and args.max_frames < 1:
+        raise InputError(f"--max-frames must be >= 1, got {args.max_frames}")
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+
+
+# ---- models: tokenizer, prior, generator ------------------------------------------------------------
+def default_model_dir() -> Path:
+    """The embedded default tokenizer (verified against its manifest), or an :class:`InputError`."""
+    return pretrained.default_model_dir()
+
+
+def resolve_model(path_or_none: str | os.PathLike | None):
+    """The model for ``--model``: a directory written by ``save_pretrained`` (or a Hub id);
+    ``None`` is the embedded default (:mod:`bsqvit.pretrained`)."""
+    if path_or_none is None:
+        path_or_none = default_model_dir()
+    model = BSQViT.from_pretrained(str(path_or_none))
+    model.eval()
+    return model
+
+
+def model_files(path_or_none) -> list[Path]:
+    """Files of a local model directory (inputs that an output must never replace)."""
+    if path_or_none is None or not Path(path_or_none).is_dir():
+        return []
+    return [p for p in Path(path_or_none).iterdir() if p.is_file()]
+
+
+def resolve_prior(arg: str | None, model=None):
+    """``--prior``: a directory written by ``save_pretrained``; ``none`` for raw tokens; absent:
+    the embedded default prior when it was trained for ``model`` (else raw)."""
+    if arg is not None and str(arg).lower() == "none":
+        return None
+    if arg is None:
+        return default_prior(model)
+    prior = TokenPrior.from_pretrained(str(arg))
+    prior.eval()
+    return prior
+
+
+def has_default_prior() -> bool:
+    return pretrained.available("prior")
+
+
+def prior_files(arg) -> list[Path]:
+    if arg is None or str(arg).lower() == "none":
+        return []
+    return model_files(arg)
+
+
+def resolve_gen(path_or_none):
+    """``--gen``: a directory written by ``save_pretrained`` (the embedded default when omitted)."""
+    if path_or_none is None:
+        d = pretrained.default_dir("gen")
+        if d is None:
+            raise InputError(NO_DEFAULT_GEN)
+        path_or_none = d
+    return MaskedTokenModel.from_pretrained(str(path_or_none)).eval()
+
+
+def check_pair(model, gen) -> None:
+    """The generator must have been trained on this tokenizer's tokens (tokenizer-hash check)."""
+    h = gen.config.tokenizer_hash
+    if h is not None and h != model.weights_hash():
+        raise InputError("the generator was trained for another tokenizer (tokenizer hash mismatch); "
+                         "pass the --model it was trained with")
