@@ -143,9 +143,9 @@ def prior_threads(n: int | None):
 
 def as_engine(prior):
     """The integer engine of a :class:`TokenPrior` (built once and kept on the prior)."""
-    if isinstance(prior, IntPrior) or hasattr(prior, "group_frequencies"):  # already an engine
+    if hasattr(prior, "group_frequencies"):  # already an engine (IntPrior, or a benchmark's float one)
         return prior
-    key = prior.weights_hash()
+    key = (prior.weights_hash(), str(prior.start.device))
     cached = getattr(prior, "_int_engine", None)
     if cached is None or cached[0] != key:
         cached = (key, IntPrior(prior))
