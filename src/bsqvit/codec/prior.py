@@ -36,10 +36,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor
 
-from ..config import ConfigError, resolve_config, to_dict
+from ..config import ConfigError
+from ..nn import PretrainedModule
 from ..quantizers.base import join_groups, split_groups  # noqa: F401  (re-exported)
 
 PRIOR_KINDS = ("ar", "parallel")
@@ -210,18 +210,16 @@ class GroupHead(nn.Module):
 
 
 class TokenPrior(
-    nn.Module,
-    PyTorchModelHubMixin,
-    library_name="bsqvit",
+    PretrainedModule,
     tags=["bsq", "token-prior", "compression"],
 ):
     """A probability model over BSQ token grids (see the module docstring)."""
 
+    config_class = PriorConfig
+
     def __init__(self, config: PriorConfig | dict | None = None, **overrides):
-        super().__init__()
-        config = resolve_config(PriorConfig, config, **overrides)
-        self.config = c = config
-        self._hub_mixin_config = to_dict(c)
+        super().__init__(config, **overrides)
+        c = self.config
         D, n = c.width, 1 << c.group_bits
         self.tok_emb = nn.ModuleList(nn.Embedding(n, D) for _ in range(c.groups))
         self.row_emb = nn.Embedding(c.tile[0], D)
@@ -246,25 +244,6 @@ class TokenPrior(
         for blk in self.blocks:  # scaled residual branches (GPT-2)
             nn.init.trunc_normal_(blk.proj.weight, std=0.02 / math.sqrt(2 * self.config.layers))
             nn.init.trunc_normal_(blk.fc2.weight, std=0.02 / math.sqrt(2 * self.config.layers))
-
-    # ---- persistence --------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *, map_location="cpu", strict: bool = True,
-                        **hub_kwargs) -> "TokenPrior":
-        """Load ``config.json`` + ``model.safetensors`` (strict config and tensors)."""
-        from ..models.io import load_pretrained
-
-        return load_pretrained(cls, pretrained_model_name_or_path, map_location=map_location, strict=strict,
-                               **hub_kwargs)
-
-    def weights_hash(self) -> str:
-        """SHA-256 over the config and the tensors (cached against the parameters' versions)."""
-        from ..models.io import weights_hash
-
-        return weights_hash(self, to_dict(self.config))
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     # ---- shared pieces --------------------------------------------------------------------------
     def embed_tokens(self, tokens: Tensor) -> Tensor:

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor
 
-from ..config import ConfigError, resolve_config, to_dict
+from ..config import ConfigError
 from ..models.transformer import Block
+from ..nn import PretrainedModule
 from ..quantizers.base import join_groups, split_groups  # noqa: F401  (re-exported)
 
 EMBEDDINGS = ("groups", "code")
@@ -85,18 +85,16 @@ class GenConfig:
 
 
 class MaskedTokenModel(
-    nn.Module,
-    PyTorchModelHubMixin,
-    library_name="bsqvit",
+    PretrainedModule,
     tags=["bsq", "maskgit", "image-generation"],
 ):
     """Bidirectional transformer predicting the groups of masked tokens (see the module docstring)."""
 
+    config_class = GenConfig
+
     def __init__(self, config: GenConfig | dict | None = None, **overrides):
-        super().__init__()
-        c = resolve_config(GenConfig, config, **overrides)
-        self.config = c
-        self._hub_mixin_config = to_dict(c)
+        super().__init__(config, **overrides)
+        c = self.config
         D, n = c.width, 1 << c.group_bits
         if c.embed == "groups":
             self.tok_emb = nn.ModuleList(nn.Embedding(n, D) for _ in range(c.groups))
@@ -123,24 +121,6 @@ class MaskedTokenModel(
         for blk in self.blocks:  # scaled residual branches (GPT-2)
             nn.init.trunc_normal_(blk.attn.proj.weight, std=0.02 / math.sqrt(2 * self.config.layers))
             nn.init.trunc_normal_(blk.mlp.proj.weight, std=0.02 / math.sqrt(2 * self.config.layers))
-
-    # ---- persistence ----------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *, map_location="cpu", strict: bool = True,
-                        **hub_kwargs) -> "MaskedTokenModel":
-        """Load ``config.json`` + ``model.safetensors`` (strict config and tensors)."""
-        from ..models.io import load_pretrained
-
-        return load_pretrained(cls, pretrained_model_name_or_path, map_location=map_location, strict=strict,
-                               **hub_kwargs)
-
-    def weights_hash(self) -> str:
-        from ..models.io import weights_hash
-
-        return weights_hash(self, to_dict(self.config))
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     @property
     def null_class(self) -> int:

@@ -11,14 +11,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor
 
-from ..config import resolve_config, to_dict
+from ..config import to_dict
+from ..nn import PretrainedModule
 from ..quantizers import QuantizerOutput, build_quantizer
 from . import official, presets
 from .config import BSQViTConfig
-from .io import load_pretrained, weights_hash
 from .transformer import ViT, attention_mask, count_flops_per_token, init_linear, patchify, unpatchify
 
 
@@ -62,9 +61,7 @@ class Decoder(ViT):
 
 
 class BSQViT(
-    nn.Module,
-    PyTorchModelHubMixin,
-    library_name="bsqvit",
+    PretrainedModule,
     tags=["image-tokenizer", "video-tokenizer", "bsq"],
     repo_url="https://github.com/bsqvit/bsqvit",
 ):
@@ -75,11 +72,11 @@ class BSQViT(
     >>> x = model.decode(idx, size=(70, 90))                   # (1, 3, 70, 90)
     """
 
+    config_class = BSQViTConfig
+
     def __init__(self, config: BSQViTConfig | dict | None = None, **overrides):
-        super().__init__()
-        config = resolve_config(BSQViTConfig, config, **overrides)
-        self.config = config
-        self._hub_mixin_config = to_dict(config)
+        super().__init__(config, **overrides)
+        config = self.config
         L = config.quantizer.dim
         self.encoder = Encoder(config)
         self.quant_embed = nn.Linear(config.width, L)
@@ -95,31 +92,12 @@ class BSQViT(
         return cls(presets.get_preset(name, **overrides))
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *, map_location="cpu", strict: bool = True,
-                        **hub_kwargs) -> "BSQViT":
-        """Load ``config.json`` + ``model.safetensors`` from a directory (offline) or a Hub repo id.
-
-        Replaces the mixin's loader: the config is parsed strictly (unknown keys are errors) and
-        missing or mismatched tensors raise :class:`ModelLoadError`.
-        """
-        return load_pretrained(cls, pretrained_model_name_or_path, map_location=map_location, strict=strict,
-                               **hub_kwargs)
-
-    @classmethod
     def from_official(cls, checkpoint_path, config_path=None, use_ema: bool = True) -> "BSQViT":
         """Load a checkpoint released with the reference implementation (see ``models/official.py``)."""
         return official.load_official(cls, checkpoint_path, config_path=config_path, use_ema=use_ema)
 
-    # config fields that do not change what the weights compute
+    # config fields that do not change what the weights compute (left out of weights_hash)
     _HASH_IGNORED = ("grad_checkpointing",)
-
-    def weights_hash(self) -> str:
-        """SHA-256 over the architecture and the tensors: identifies the exact weights.
-
-        Used by ``tokenize``/``compress`` to refuse tokens made by other weights. Computed once
-        and cached against the parameters' versions, so it is recomputed after any update.
-        """
-        return weights_hash(self, {k: v for k, v in to_dict(self.config).items() if k not in self._HASH_IGNORED})
 
     # ---- shapes -----------------------------------------------------------------------------
     @property
@@ -250,9 +228,6 @@ class BSQViT(
             + 2 * hidden * 3 * p * p
         )
         return {"encode": float(enc), "decode": float(dec), "total": float(enc + dec)}
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
 
 def save_config_json(model: BSQViT, path: Path) -> None:

@@ -1,101 +1,29 @@
 """Our weight format: a directory with ``config.json`` and ``model.safetensors``.
 
-``BSQViT.save_pretrained(dir)`` (from ``PyTorchModelHubMixin``) writes it;
-``BSQViT.from_pretrained(dir_or_hub_id)`` reads it, offline from a directory, or through
-``huggingface_hub`` from the Hub when a repo id is given and the network is reachable.
+The code lives in :mod:`bsqvit.nn.pretrained` (with the :class:`~bsqvit.nn.PretrainedModule`
+base every model inherits); this module keeps the old import path working.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from ..nn.pretrained import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    ModelLoadError,
+    load_pretrained,
+    load_state_dict_checked,
+    read_config,
+    resolve_files,
+    weights_hash,
+)
 
-import torch
-from safetensors.torch import load_file
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-
-
-class ModelLoadError(RuntimeError):
-    """A model directory or checkpoint is missing, incomplete or does not match its config."""
-
-
-def weights_hash(module: torch.nn.Module, config: dict) -> str:
-    """SHA-256 over ``config`` (JSON) and every tensor: identifies exact weights.
-
-    Cached on the module against the parameters' version counters, so it is recomputed after
-    any in-place update (optimizer step, ``load_state_dict``) and free otherwise.
-    """
-    import hashlib
-
-    versions = tuple(p._version for p in module.parameters())
-    cached = getattr(module, "_weights_hash_cache", None)
-    if cached is not None and cached[0] == versions:
-        return cached[1]
-    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    digest = h.hexdigest()
-    module._weights_hash_cache = (versions, digest)
-    return digest
-
-
-def resolve_files(model_id: str | Path, **hub_kwargs) -> tuple[Path, Path]:
-    """Paths of (config.json, model.safetensors) for a local directory or a Hub repo id."""
-    p = Path(model_id)
-    if p.is_dir():
-        cfg, w = p / CONFIG_NAME, p / WEIGHTS_NAME
-        for f in (cfg, w):
-            if not f.is_file():
-                raise ModelLoadError(f"model directory {p} has no {f.name}")
-        return cfg, w
-    local_looking = str(model_id).startswith((".", "/", "~")) or p.parent.is_dir() and str(p.parent) != "."
-    if p.exists() or local_looking or str(model_id).count("/") != 1:
-        raise ModelLoadError(f"model not found: {model_id} (expected a directory with {CONFIG_NAME} and {WEIGHTS_NAME})")
-    from huggingface_hub import hf_hub_download
-
-    kw = {k: v for k, v in hub_kwargs.items() if v is not None}
-    try:
-        cfg = hf_hub_download(str(model_id), CONFIG_NAME, **kw)
-        w = hf_hub_download(str(model_id), WEIGHTS_NAME, **kw)
-    except Exception as e:  # offline, missing repo, ...
-        raise ModelLoadError(f"could not fetch {model_id} from the Hub: {type(e).__name__}") from None
-    return Path(cfg), Path(w)
-
-
-def read_config(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{path}: unreadable config ({e})") from None
-
-
-def load_state_dict_checked(model: torch.nn.Module, state: dict, strict: bool = True, source: str = "") -> None:
-    own = model.state_dict()
-    if strict:
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ModelLoadError(
-                f"{source}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})"
-            )
-    for k, v in state.items():
-        if k in own and own[k].shape != v.shape:
-            raise ModelLoadError(f"{source}: {k} has shape {tuple(v.shape)}, config expects {tuple(own[k].shape)}")
-    model.load_state_dict(state, strict=strict)
-
-
-def load_pretrained(cls, model_id, map_location="cpu", strict=True, **hub_kwargs):
-    cfg_path, w_path = resolve_files(model_id, **hub_kwargs)
-    config = read_config(cfg_path)
-    model = cls(config)
-    try:
-        state = load_file(str(w_path), device=str(map_location) if map_location is not None else "cpu")
-    except Exception as e:
-        raise ModelLoadError(f"{w_path}: unreadable weights ({type(e).__name__}: {e})") from None
-    load_state_dict_checked(model, state, strict=strict, source=str(w_path))
-    model.eval()
-    return model
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "ModelLoadError",
+    "load_pretrained",
+    "load_state_dict_checked",
+    "read_config",
+    "resolve_files",
+    "weights_hash",
+]
