@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .io import InputError, atomic_path, from_uint8, load_image, to_uint8
+from .metrics.lpips import build_lpips
 
 __all__ = ["EvalConfig", "evaluate", "format_markdown", "write_json", "compute_reference_stats",
            "RESIZE_CHOICES", "LPIPS_CHOICES", "FID_CHOICES", "default_weight_dirs"]
@@ -133,15 +134,7 @@ def load_eval_image(path: Path, resolution: int | None, resize: str) -> torch.Te
 def _source_frames(src, n: int) -> tuple[list[np.ndarray], float]:
     """First ``n`` frames (uint8 HWC) of a video file or frame folder, and its frame rate."""
     if src.is_folder:
-        from .data.images import open_rgb
-
-        frames = []
-        for f in src.frames[:n]:
-            try:
-                img, _ = open_rgb(f)
-            except Exception as e:  # noqa: BLE001 - reported as a one-line error
-                raise InputError(f"{f}: cannot read image ({' '.join(str(e).split())})") from None
-            frames.append(np.asarray(img))
+        frames = [to_uint8(load_image(f)) for f in src.frames[:n]]  # io's RGB policy, InputError
         if len({a.shape for a in frames}) > 1:
             raise InputError(f"{src.path}: frames of different sizes")
         return frames, 25.0
@@ -250,44 +243,6 @@ def _encode_decode(model, x: torch.Tensor, amp: bool) -> tuple[torch.Tensor, tor
 
 
 # ---- metric networks ----------------------------------------------------------------------------
-def _build_lpips(kind: str, dirs: list[str]):
-    """(LPIPS module or None, info dict)."""
-    from .nets.backbones import WeightsNotFound
-
-    if kind == "none":
-        return None, {"status": "not computed (--lpips none)"}
-    candidates = ("vgg", "alex", "squeeze-caffe") if kind == "auto" else (kind,)
-    errors = []
-    for name in candidates:
-        try:
-            lp = _build_lpips_multi(name, dirs)
-        except WeightsNotFound as e:
-            if kind != "auto":
-                raise
-            errors.append(f"{name}: {e}")
-            continue
-        info = {"net": lp.net_name, "label": lp.label, "comparable_to_published": lp.comparable_to_published,
-                "stand_in": not lp.comparable_to_published}
-        if kind == "auto" and name != candidates[0]:
-            info["note"] = f"auto: the standard LPIPS ({', '.join(candidates[:candidates.index(name)])}) weights were not found"
-        return lp, info
-    return None, {"status": "unavailable (no LPIPS weights found)", "searched": errors}
-
-
-def _build_lpips_multi(name: str, dirs: list[str]):
-    """build_perceptual takes one extra directory: try each in turn."""
-    from .metrics.lpips import build_perceptual
-    from .nets.backbones import WeightsNotFound
-
-    last: Exception | None = None
-    for d in dirs or [None]:
-        try:
-            return build_perceptual(name, weights_dir=d)
-        except WeightsNotFound as e:
-            last = e
-    raise last  # type: ignore[misc]
-
-
 def _build_fid(cfg: EvalConfig, dirs: list[str]):
     from .metrics.fid import build_fid_features
     from .nets.backbones import WeightsNotFound
@@ -375,7 +330,7 @@ def evaluate(model, cfg: EvalConfig, model_path: str | None = None) -> dict:
         total, items = _iter_images(cfg, resolution)
 
     dirs = default_weight_dirs(cfg.weights_dir)
-    lp, lpips_info = _build_lpips(cfg.lpips, dirs)
+    lp, lpips_info = build_lpips(cfg.lpips, dirs)
     fx, fid_info = _build_fid(cfg, dirs)
     i3d, fvd_status = _build_i3d(cfg, dirs) if cfg.video else (None, "not applicable (images)")
     ref_stats: Stats | None = None

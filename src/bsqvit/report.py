@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .io import VideoWriter, atomic_path
+from .io.grid import grid_layout, tile
 
 __all__ = ["error_map", "image_grid", "frame_strip", "side_by_side_video", "ERROR_GAIN"]
 
@@ -83,18 +84,14 @@ def image_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray, str]], path: st
 
 def _save_rows(tiles: list[list[tuple[str, Image.Image]]], path) -> None:
     pad = 2
-    widths = [sum(t.width for _, t in row) + pad * (len(row) + 1) for row in tiles]
-    heights = [max(t.height for _, t in row) + _CAPTION_H + pad for row in tiles]
-    canvas = Image.new("RGB", (max(widths), sum(heights) + pad), (24, 24, 24))
+    images = [[np.asarray(t) for _, t in row] for row in tiles]
+    layout = dict(gap=pad, border=pad, uniform=False, caption_h=_CAPTION_H)
+    canvas = Image.fromarray(tile(images, fill=(24, 24, 24), **layout))
+    _, positions = grid_layout([[a.shape[:2] for a in row] for row in images], **layout)
     draw = ImageDraw.Draw(canvas)
-    y = pad
-    for row, h in zip(tiles, heights):
-        x = pad
-        for cap, t in row:
-            _caption(draw, (x, y), cap, t.width)
-            canvas.paste(t, (x, y + _CAPTION_H))
-            x += t.width + pad
-        y += h
+    for row, row_pos in zip(tiles, positions):
+        for (cap, t), xy in zip(row, row_pos):
+            _caption(draw, xy, cap, t.width)
     with atomic_path(path, suffix=".png") as tmp:
         canvas.save(tmp, format="PNG", optimize=True)
 

@@ -12,13 +12,10 @@ overwritten.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from .. import pretrained
 from ..codec.prior import TokenPrior, default_prior
@@ -89,26 +86,6 @@ def check_range(name: str, v: int | None, hi: int) -> None:
     """An optional integer option must lie in 1..hi."""
     if v is not None and not (1 <= v <= hi):
         raise InputError(f"{name} must be in 1..{hi}, got {v}")
-
-
-@contextlib.contextmanager
-def atomic_dir(out: Path) -> Iterator[Path]:
-    """Write a new directory atomically: fill the yielded temporary directory (beside ``out``);
-    on success it gets the umask's permissions and is renamed to ``out`` (an existing empty
-    ``out`` is replaced); on failure it is removed. (The io helpers cover single files only.)"""
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        for f in [tmp, *tmp.iterdir()]:
-            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def print_json(d: dict) -> None:

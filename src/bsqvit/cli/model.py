@@ -12,7 +12,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import InputError, from_uint8, is_video_path, iter_video_frames, load_image, save_image, to_uint8, video_info
+from ..io import (
+    InputError,
+    atomic_dir,
+    from_uint8,
+    is_video_path,
+    iter_video_frames,
+    load_image,
+    save_image,
+    to_uint8,
+    video_info,
+)
 from ..io.tokens import load_tokens, save_tokens
 from ..metrics.pixel import psnr_from_sse
 from ..models import BSQViT, get_preset, preset_names
@@ -21,7 +31,6 @@ from .common import (
     PROG,
     add_model_args,
     add_video_out_args,
-    atomic_dir,
     check_input,
     check_kinds,
     check_output,

@@ -16,10 +16,7 @@ The pixels of :func:`decompress` are those of ``bsqvit reconstruct`` with the sa
 from __future__ import annotations
 
 import hashlib
-import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +28,7 @@ import torch
 from ..io import InputError
 from ..models.frames import chunks as frame_chunks
 from ..models.frames import decode_frames, encode_frames, video_chunk
+from ..quantizers.base import index_bits
 from .coding import (
     DEFAULT_PROB_BITS,
     CodingStats,
@@ -84,7 +82,7 @@ class CompressResult:
 # ---- helpers --------------------------------------------------------------------------------------
 def token_bits(model) -> int:
     """Bits of a raw token field: log2 of the codebook size, rounded up."""
-    return max(1, math.ceil(math.log2(model.quantizer.codebook_size)))
+    return index_bits(model.quantizer.codebook_size)
 
 
 def _chunk_frames(model) -> int:
@@ -417,26 +415,14 @@ def decompress_file(inp, out, model, prior=None, limits: Limits | None = None, c
 def _write_frames_dir(out: Path, model, header: Header, blocks, amp: bool) -> None:
     from PIL import Image
 
-    from ..io import to_uint8
+    from ..io import atomic_dir, to_uint8
 
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"{out}: exists and is not an empty directory; refusing to overwrite")
-    if not out.parent.is_dir():
-        raise InputError(f"{out}: output directory {out.parent} does not exist")
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    with atomic_dir(out) as tmp:
         i = 0
         for px in _decode_pixels(model, header, blocks, amp=amp):
             for frame in to_uint8(px):
                 Image.fromarray(frame).save(tmp / f"frame_{i:06d}.png")
                 i += 1
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def info(path: str | os.PathLike, limits: Limits | None = None) -> dict:

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import InputError
+from ..io import InputError, to_rgb
+from ..metrics.lpips import build_lpips
 
 IMAGE_SWEEPS = {
     "jpeg": [1, 3, 5, 10, 15, 20, 30, 40, 50, 60, 75, 90],
@@ -79,7 +80,7 @@ def encode_image(a: np.ndarray, codec: str, q) -> tuple[int, np.ndarray]:
         raise InputError(f"unknown image codec {codec!r}")
     data = buf.getvalue()
     with Image.open(io.BytesIO(data)) as im:
-        dec = np.array(im.convert("RGB"))
+        dec = np.array(to_rgb(im))
     return len(data), dec
 
 
@@ -108,20 +109,16 @@ def encode_video(frames: np.ndarray, fps: float, codec: str, crf: int, tmpdir: P
 
 
 # ---- metrics -----------------------------------------------------------------------------------------------
-def build_lpips():
-    """The SqueezeNet LPIPS stand-in; its weights are found through ``$BSQVIT_WEIGHTS_DIR`` or the
-    torch-hub cache (see :mod:`bsqvit.nets.backbones`)."""
-    from ..metrics.lpips import build_perceptual
-
-    try:
-        return build_perceptual("squeeze-caffe", weights_dir=None).eval()
-    except (FileNotFoundError, OSError) as e:
-        raise InputError(f"LPIPS stand-in unavailable ({e}); set BSQVIT_WEIGHTS_DIR or use --no-lpips") from None
-
-
 class Metrics:
     def __init__(self, lpips: bool):
-        self.lp = build_lpips() if lpips else None
+        """``lpips``: compute the SqueezeNet LPIPS stand-in; its weights are found through
+        ``$BSQVIT_WEIGHTS_DIR`` or the torch-hub cache (see :mod:`bsqvit.nets.backbones`)."""
+        self.lp = None
+        if lpips:
+            try:
+                self.lp, _ = build_lpips("squeeze-caffe")
+            except (FileNotFoundError, OSError) as e:
+                raise InputError(f"LPIPS stand-in unavailable ({e}); set BSQVIT_WEIGHTS_DIR or use --no-lpips") from None
 
     @torch.no_grad()
     def __call__(self, ref: np.ndarray, rec: np.ndarray) -> dict:

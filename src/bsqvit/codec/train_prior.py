@@ -34,8 +34,9 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, from_dict, load_yaml, parse_overrides, set_by_path, to_dict
-from ..io import InputError
+from ..io import InputError, to_rgb
 from ..models.frames import encode_frames
+from ..quantizers.base import index_bits
 from .prior import PriorConfig, TokenPrior
 
 log = logging.getLogger("bsqvit.codec.train_prior")
@@ -148,7 +149,7 @@ def _iter_source_frames(src: Path):
     if src.is_dir():
         for f in find_images(src):
             with Image.open(f) as im:
-                yield np.asarray(im.convert("RGB"))
+                yield np.asarray(to_rgb(im))
     else:
         yield from iter_video_frames(src)
 
@@ -201,7 +202,7 @@ def extract_tokens(model, cfg: PriorTrainConfig, cache_dir: Path, progress: bool
     for i, f in enumerate(tqdm(files, desc="tokenize", disable=not progress, dynamic_ncols=True)):
         try:
             with Image.open(f) as im:
-                a = np.asarray(im.convert("RGB"))
+                a = np.asarray(to_rgb(im))
         except Exception as e:  # unreadable files are skipped, as in training
             log.warning("skipping %s (%s)", f, type(e).__name__)
             continue
@@ -301,7 +302,7 @@ def train_prior(cfg: PriorTrainConfig, tokenizer_dir, output_dir, resume: bool =
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model = BSQViT.from_pretrained(str(tokenizer_dir)).eval()
-    L = max(1, math.ceil(math.log2(model.quantizer.codebook_size)))
+    L = index_bits(model.quantizer.codebook_size)
     pc = from_dict(PriorConfig, {**to_dict(cfg.prior), "bits": L, "tokenizer_hash": model.weights_hash()})
     th, tw = pc.tile
     g = cfg.data.crop // model.patch_size

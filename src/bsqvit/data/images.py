@@ -1,8 +1,9 @@
 """Image folders as map-style data sets.
 
 * Recursive, sorted (deterministic) discovery of every Pillow-readable file under the roots.
-* Every image is converted to 8-bit RGB (EXIF orientation applied, palette/alpha/16-bit/CMYK
-  handled) and returned as float32 ``(3, H, W)`` in [-1, 1].
+* Every image is converted to 8-bit RGB by :func:`bsqvit.io.image.to_rgb` (the package's one RGB
+  policy: EXIF orientation applied, alpha composited on white, 16-bit/CMYK handled) and returned
+  as float32 ``(3, H, W)`` in [-1, 1].
 * A corrupt or unreadable file never stops a run: it is logged once (``logging.warning``),
   counted in ``bad_files`` and the next index (``index + 1 mod N``) is returned instead. Each
   sample carries ``skipped`` (how many files were skipped to produce it) so a trainer can sum
@@ -11,8 +12,8 @@
   yields with ``yield_epoch=True``); augmentation randomness is seeded from
   ``(seed, epoch, index)`` only.
 
-Note: ``bsqvit.io.image`` did not exist when this was written; :func:`open_rgb` is a private
-loader with the same conversions and can be swapped for it.
+:func:`open_rgb` adds what data loading needs on top of :mod:`bsqvit.io.image` (file objects,
+JPEG draft decoding, the full-resolution size for crop geometry).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
 
+from ..io.image import IMAGE_SUFFIXES, to_rgb
 from .transforms import ImageTransform, sample_generator, to_tensor
 
 __all__ = [
@@ -40,39 +41,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Formats Pillow can read (video-like or vector formats such as .mpg/.pdf/.eps left out).
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".webp", ".tif", ".tiff",
-    ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".pfm", ".tga", ".qoi", ".avif", ".jp2", ".j2k",
-    ".j2c", ".jpc", ".jpf", ".jpx", ".ico", ".sgi", ".rgb", ".rgba", ".bw", ".pcx", ".mpo",
-    ".dds", ".icns", ".im", ".msp", ".ras", ".xbm", ".xpm", ".blp", ".ftc", ".ftu",
-})
+# The image suffix table lives in io (one table for reading, writing and discovery).
+IMAGE_EXTENSIONS: frozenset[str] = IMAGE_SUFFIXES
 
 # Full decode: truncated files must raise, not be silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB. Transparent pixels keep their stored colour (alpha is
-    dropped); 16-bit and float images are scaled to 8 bits rather than clipped."""
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-        mode = img.mode
-    if mode.startswith("I;16") or mode == "I":
-        arr = np.asarray(img).astype(np.float64)
-        hi = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
-    if mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        if arr.size and arr.max() <= 1.0:
-            arr = arr * 255.0
-        arr = np.clip(arr + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
-    return img.convert("RGB")
 
 
 def open_rgb(src: str | os.PathLike | Any, transform: ImageTransform | None = None

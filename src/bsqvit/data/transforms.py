@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..io.image import to_rgb
+
 __all__ = [
     "RESAMPLE",
     "CropParams",
@@ -150,9 +152,7 @@ def _uint8_to_unit(arr: np.ndarray) -> torch.Tensor:
 def to_tensor(img: Image.Image | np.ndarray) -> torch.Tensor:
     """8-bit RGB PIL image / HWC uint8 array -> float32 ``(3, H, W)`` in [-1, 1]."""
     if isinstance(img, Image.Image):
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        arr = np.asarray(img)
+        arr = np.asarray(to_rgb(img))
     else:
         arr = np.asarray(img)
     if arr.ndim == 2:
@@ -162,7 +162,7 @@ def to_tensor(img: Image.Image | np.ndarray) -> torch.Tensor:
 
 def frames_to_tensor(frames: Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
     """List of T equally sized RGB frames -> ``(3, T, H, W)`` in [-1, 1]."""
-    arrs = [np.asarray(f.convert("RGB") if isinstance(f, Image.Image) and f.mode != "RGB" else f)
+    arrs = [np.asarray(to_rgb(f) if isinstance(f, Image.Image) else f)
             for f in frames]
     x = np.stack(arrs, 0)  # T,H,W,3
     return _uint8_to_unit(np.ascontiguousarray(x.transpose(3, 0, 1, 2)))

@@ -37,6 +37,8 @@ from typing import Literal, Sequence
 import torch
 from PIL import Image
 
+from ..io.files import InputError, atomic_path
+from ..io.video import VIDEO_SUFFIXES
 from .images import IMAGE_EXTENSIONS, BadItemPolicy, _split_key, open_rgb
 from .transforms import ImageTransform, eval_transform, frames_to_tensor, sample_generator, train_transform
 
@@ -53,12 +55,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS: frozenset[str] = frozenset({
-    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
-    ".flv", ".wmv", ".ogv", ".3gp", ".y4m", ".ivf", ".264", ".h264", ".jsv", ".avc", ".265",
-    ".h265", ".hevc", ".bit", ".gif",
-})
-# Inside folders, image extensions win (a .gif there is a frame); an explicit .gif source is a video.
+# The video suffix table lives in io (one table for reading, writing and discovery).
+VIDEO_EXTENSIONS: frozenset[str] = VIDEO_SUFFIXES
+# Inside folders, image extensions win (a .gif there is a frame); an explicit file source is a video.
 
 
 def _natural_key(s: str):
@@ -386,10 +385,9 @@ class VideoClipDataset(BadItemPolicy, torch.utils.data.Dataset):
         if not path:
             return
         try:
-            tmp = f"{path}.tmp{os.getpid()}"
-            Path(tmp).write_text(json.dumps(data, sort_keys=True))
-            os.replace(tmp, path)
-        except OSError as e:
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(data, sort_keys=True))
+        except (OSError, InputError) as e:
             log.warning("could not write frame-count cache %s: %s", path, e)
 
     # -- API

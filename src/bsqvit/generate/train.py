@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, from_dict, load_yaml, parse_overrides, set_by_path, to_dict
+from ..io.grid import tile
 from .model import GenConfig, MaskedTokenModel, masked_token_loss
 
 log = logging.getLogger("bsqvit.generate.train")
@@ -170,16 +171,7 @@ def generate_images(gen, tokenizer, labels: torch.Tensor, seed: int, batch: int 
 
 def image_grid(images: list[np.ndarray], cols: int) -> np.ndarray:
     """Tile equal-size uint8 images (H, W, 3) into rows of ``cols`` (2-pixel white gaps)."""
-    if not images:
-        raise ValueError("no images to tile")
-    H, W, _ = images[0].shape
-    rows = -(-len(images) // cols)
-    gap = 2
-    out = np.full((rows * (H + gap) - gap, cols * (W + gap) - gap, 3), 255, np.uint8)
-    for i, im in enumerate(images):
-        r, c = divmod(i, cols)
-        out[r * (H + gap) : r * (H + gap) + H, c * (W + gap) : c * (W + gap) + W] = im
-    return out
+    return tile([images[i : i + cols] for i in range(0, len(images), cols)], gap=2, cols=cols)
 
 
 def train_gen(cfg: GenTrainConfig, tokenizer_dir, output_dir, resume: bool = False, max_steps: int | None = None,

@@ -1,9 +1,10 @@
-"""Files: the one error type of bad input, and atomic writes (temporary file, then rename)."""
+"""Files: the one error type of bad input, and atomic writes (temporary file or directory, then rename)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -39,10 +40,10 @@ def temp_path_for(path: str | os.PathLike, suffix: str | None = None) -> Path:
 
 
 def commit_temp(tmp: Path, path: str | os.PathLike) -> None:
-    """Give ``tmp`` the usual umask permissions and move it onto ``path`` (atomic on one filesystem)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    """Give ``tmp`` the usual umask permissions and move it onto ``path`` (atomic on one filesystem).
+    A symbolic link is moved as it is (its target is left alone)."""
+    if not Path(tmp).is_symlink():
+        os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
 
 
@@ -64,4 +65,47 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         commit_temp(tmp, path)
     except BaseException:
         discard_temp(tmp)
+        raise
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _swap_dir(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` onto ``out``; an existing ``out`` is moved aside first, then removed."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+    os.replace(out, old)  # onto the empty placeholder directory
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
+    """Write a directory atomically: fill the yielded temporary directory (beside ``out``); on
+    success it and its files get the umask's permissions and it is renamed to ``out``; on failure
+    it is removed.
+
+    ``out`` must not exist or be an empty directory (:class:`InputError` otherwise) unless
+    ``replace``, when an existing ``out`` is swapped out and deleted once the new one is in place.
+    """
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise InputError(f"{out}: output directory {out.parent} does not exist")
+    if not replace and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out}: exists and is not an empty directory; refusing to overwrite")
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        umask = _umask()
+        for f in [tmp, *tmp.iterdir()]:
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
+        _swap_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -25,8 +25,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .files import InputError, atomic_path, one_line
 
-# Suffixes Pillow can write that we accept for outputs (input formats: anything Pillow reads).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pnm", ".tga", ".gif")
+# The one table of image suffixes: formats Pillow can read (video-like or vector formats such as
+# .mpg/.pdf/.eps left out). Used to discover images in folders and to tell image outputs from
+# videos; which of them can be *written* is Pillow's registry's call (:func:`image_format`).
+IMAGE_SUFFIXES: frozenset[str] = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".webp", ".tif", ".tiff",
+    ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".pfm", ".tga", ".qoi", ".avif", ".jp2", ".j2k",
+    ".j2c", ".jpc", ".jpf", ".jpx", ".ico", ".sgi", ".rgb", ".rgba", ".bw", ".pcx", ".mpo",
+    ".dds", ".icns", ".im", ".msp", ".ras", ".xbm", ".xpm", ".blp", ".ftc", ".ftu",
+})
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
@@ -62,8 +69,18 @@ def from_uint8(a: np.ndarray) -> torch.Tensor:
 
 
 # ---- reading ------------------------------------------------------------------------------------
-def _to_rgb01(img: Image.Image) -> np.ndarray:
-    """Any Pillow image -> float32 (H, W, 3) in [0, 1] (rules in the module docstring)."""
+def _needs_float(img: Image.Image) -> bool:
+    """Modes that ``convert("RGB")`` would get wrong: alpha, 16/32-bit integers, float."""
+    mode = img.mode
+    return (mode in _SIXTEEN_BIT or mode in ("I", "F") or mode in _ALPHA_MODES
+            or "transparency" in img.info)
+
+
+def to_rgb01(img: Image.Image) -> np.ndarray:
+    """Any Pillow image -> float32 (H, W, 3) in [0, 1] (rules in the module docstring).
+
+    The one RGB policy of the package: :func:`to_rgb` (8-bit Pillow image) rounds this.
+    """
     mode = img.mode
     if mode in _SIXTEEN_BIT or mode == "I":
         a = np.asarray(img).astype(np.float32)
@@ -81,6 +98,16 @@ def _to_rgb01(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow image -> 8-bit RGB Pillow image under the rules of :func:`to_rgb01` (rounded)."""
+    if img.mode == "RGB" and "transparency" not in img.info:
+        return img
+    if not _needs_float(img):
+        return img.convert("RGB")
+    a = np.clip(to_rgb01(img) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(a, "RGB")
+
+
 def load_image(path: str | os.PathLike) -> torch.Tensor:
     """Read an image file -> float32 tensor (3, H, W) in [-1, 1]. Raises :class:`InputError`."""
     path = Path(path)
@@ -90,7 +117,7 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
         with Image.open(path) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb01(img)
+            rgb = to_rgb01(img)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
         reason = "not a recognised image format" if isinstance(e, UnidentifiedImageError) else one_line(e)
         raise InputError(f"{path}: cannot read image ({reason})") from None

@@ -28,8 +28,15 @@ import torch
 from .files import InputError, commit_temp, discard_temp, one_line, temp_path_for
 from .image import from_uint8, to_uint8
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".264", ".h264", ".jsv", ".265", ".hevc")
-RAW_STREAM_SUFFIXES = {".264": "h264", ".h264": "h264", ".jsv": "h264", ".265": "hevc", ".hevc": "hevc"}
+# The one table of video suffixes (containers and raw streams PyAV/FFmpeg reads); which of them
+# can be *written* is WRITE_CONTAINERS. ``.gif`` is an image here (it is read by Pillow).
+VIDEO_SUFFIXES: frozenset[str] = frozenset({
+    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
+    ".flv", ".wmv", ".ogv", ".3gp", ".y4m", ".ivf", ".264", ".h264", ".jsv", ".avc", ".265",
+    ".h265", ".hevc", ".bit",
+})
+RAW_STREAM_SUFFIXES = {".264": "h264", ".h264": "h264", ".jsv": "h264", ".avc": "h264",
+                       ".265": "hevc", ".h265": "hevc", ".hevc": "hevc"}
 WRITE_CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".webm": "webm"}
 DEFAULT_FPS = 25.0
 

@@ -17,7 +17,7 @@ from .fid import (
     save_stats,
 )
 from .fvd import I3DFeatures, fvd_from_features
-from .lpips import LPIPS, build_perceptual
+from .lpips import LPIPS, build_lpips, build_perceptual
 from .pixel import ms_ssim, ms_ssim_db, per_frame, psnr, ssim
 from .tokens import TokenStats, raw_bpp
 
@@ -30,6 +30,7 @@ __all__ = [
     "Stats",
     "TokenStats",
     "build_fid_features",
+    "build_lpips",
     "build_perceptual",
     "frechet_distance",
     "fvd_from_features",

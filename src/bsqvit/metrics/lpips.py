@@ -29,6 +29,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -40,7 +41,8 @@ from ..nets.backbones import (
     find_weights_file,
 )
 
-__all__ = ["LPIPS", "NET_SPECS", "build_perceptual", "WeightsNotFound", "lpips_package_weights_dir"]
+__all__ = ["LPIPS", "NET_SPECS", "AUTO_NETS", "build_perceptual", "build_lpips", "WeightsNotFound",
+           "lpips_package_weights_dir"]
 
 # ImageNet normalisation expressed for [-1, 1] inputs, as in the lpips ScalingLayer.
 _SHIFT = (-0.030, -0.088, -0.188)
@@ -308,3 +310,46 @@ def build_perceptual(
     never silently run without its perceptual term."""
     return LPIPS(_canonical(name), weights_path=weights_path, lin_path=lin_path, calibrated=calibrated,
                  weights_dir=weights_dir, reduction=reduction)
+
+
+# ``build_lpips("auto")`` takes the first of these whose weights are found (standard LPIPS first).
+AUTO_NETS = ("vgg", "alex", "squeeze-caffe")
+
+
+def _build_first_found(name: str, dirs: Sequence[str | os.PathLike | None]) -> LPIPS:
+    """:func:`build_perceptual` takes one extra directory: try each in turn."""
+    last: Exception | None = None
+    for d in dirs or [None]:
+        try:
+            return build_perceptual(name, weights_dir=d)
+        except WeightsNotFound as e:
+            last = e
+    raise last  # type: ignore[misc]
+
+
+def build_lpips(kind: str = "auto", dirs: Sequence[str | os.PathLike | None] = ()) -> tuple[LPIPS | None, dict]:
+    """The LPIPS metric for evaluation: ``(module or None, info dict)``.
+
+    ``kind``: a net name (its weights must be found: :class:`WeightsNotFound` otherwise), ``"auto"``
+    (the first of :data:`AUTO_NETS` found; ``None`` with a status when none is) or ``"none"``.
+    ``dirs``: extra weight directories, searched one after the other (empty: the default search).
+    """
+    if kind == "none":
+        return None, {"status": "not computed (--lpips none)"}
+    candidates = AUTO_NETS if kind == "auto" else (kind,)
+    errors = []
+    for name in candidates:
+        try:
+            lp = _build_first_found(name, dirs)
+        except WeightsNotFound as e:
+            if kind != "auto":
+                raise
+            errors.append(f"{name}: {e}")
+            continue
+        info = {"net": lp.net_name, "label": lp.label, "comparable_to_published": lp.comparable_to_published,
+                "stand_in": not lp.comparable_to_published}
+        if kind == "auto" and name != candidates[0]:
+            missing = ", ".join(candidates[: candidates.index(name)])
+            info["note"] = f"auto: the standard LPIPS ({missing}) weights were not found"
+        return lp, info
+    return None, {"status": "unavailable (no LPIPS weights found)", "searched": errors}

@@ -41,6 +41,16 @@ class QuantizerOutput:
         return out
 
 
+def bits_per_token(codebook_size: int) -> float:
+    """Bits per token of a raw fixed-length index: ``log2(codebook_size)`` (the one formula)."""
+    return math.log2(codebook_size)
+
+
+def index_bits(codebook_size: int) -> int:
+    """Whole bits of a stored index field: :func:`bits_per_token` rounded up, at least 1."""
+    return max(1, math.ceil(bits_per_token(codebook_size)))
+
+
 class Quantizer(nn.Module):
     """Base class. Subclasses set ``dim`` (input/code dim) and ``codebook_size``."""
 
@@ -50,7 +60,7 @@ class Quantizer(nn.Module):
     @property
     def bits(self) -> float:
         """Bits per token of a raw fixed-length index."""
-        return math.log2(self.codebook_size)
+        return bits_per_token(self.codebook_size)
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError

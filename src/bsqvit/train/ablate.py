@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..quantizers import QuantizerConfig
+from ..quantizers.base import bits_per_token
 from .config import TrainConfig
 
 # FSQ level sets from Mentzer et al. (2023), Table 1, plus 2^18 as six 8-level channels.
@@ -96,7 +96,7 @@ def run_ablation(cfg: TrainConfig, output_dir, bits: int | None = None, kinds=("
         res = evaluate_tokenizer(model, trainer.val_loader, trainer.device)
         row = {
             "quantizer": kind,
-            "bits": round(math.log2(model.quantizer.codebook_size), 3),
+            "bits": round(bits_per_token(model.quantizer.codebook_size), 3),
             "psnr": res["psnr"],
             "ssim": res["ssim"],
             "code_usage": res["code_usage"],

@@ -6,11 +6,12 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..io.files import atomic_dir, atomic_path
 
 LAST = "last"
 _STEP_RE = re.compile(r"^step_(\d+)\.pt$")
@@ -19,17 +20,10 @@ _STEP_RE = re.compile(r"^step_(\d+)\.pt$")
 def atomic_torch_save(obj, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     _fsync_dir(path.parent)
 
 
@@ -49,14 +43,12 @@ def _fsync_dir(d: Path) -> None:
 def point_last(ckpt_dir: Path, target: Path) -> None:
     """Atomically make ``ckpt_dir/last`` refer to ``target`` (a relative symlink)."""
     ckpt_dir = Path(ckpt_dir)
-    tmp = ckpt_dir / f".{LAST}.tmp"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    try:
-        os.symlink(Path(target).name, tmp)
-    except OSError:  # no symlinks (some filesystems): copy, still atomically
-        shutil.copyfile(target, tmp)
-    os.replace(tmp, ckpt_dir / LAST)
+    with atomic_path(ckpt_dir / LAST, suffix="") as tmp:
+        tmp.unlink()  # a unique free name for the link
+        try:
+            os.symlink(Path(target).name, tmp)
+        except OSError:  # no symlinks (some filesystems): copy, still atomically
+            shutil.copyfile(target, tmp)
     _fsync_dir(ckpt_dir)
 
 
@@ -115,18 +107,5 @@ def export_model(model, out_dir: Path) -> None:
     """``save_pretrained`` into ``out_dir`` atomically (write beside, then swap)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir, replace=True) as tmp:
         model.save_pretrained(tmp)
-        old = None
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old"
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

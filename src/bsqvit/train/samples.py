@@ -8,26 +8,22 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..io.files import atomic_path
+from ..io.grid import tile
+from ..io.image import to_uint8
+
 
 def _img(t: torch.Tensor) -> np.ndarray:
     if t.ndim == 4:  # (3, T, H, W): first frame
         t = t[:, 0]
-    return ((t.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    return to_uint8(t)
 
 
 def save_grid(pairs, path: Path, pad: int = 2) -> None:
     """``pairs``: list of (original, reconstruction) tensors in [-1, 1]; written atomically."""
     if not pairs:
         return
-    tiles = [(_img(a), _img(b)) for a, b in pairs]
-    h = max(a.shape[0] for a, _ in tiles)
-    w = max(a.shape[1] for a, _ in tiles)
-    grid = np.full((2 * h + 3 * pad, len(tiles) * (w + pad) + pad, 3), 255, np.uint8)
-    for i, (a, b) in enumerate(tiles):
-        x0 = pad + i * (w + pad)
-        grid[pad : pad + a.shape[0], x0 : x0 + a.shape[1]] = a
-        grid[2 * pad + h : 2 * pad + h + b.shape[0], x0 : x0 + b.shape[1]] = b
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(grid).save(tmp, format="PNG")
-    tmp.replace(path)
+    rows = [[_img(a) for a, _ in pairs], [_img(b) for _, b in pairs]]
+    grid = tile(rows, gap=pad, border=pad)
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
