@@ -26,7 +26,8 @@ from bsqvit import BSQViT
 from bsqvit.cli import main
 from bsqvit.codec import BSQFormatError, CodecOptions, Header, Limits, decode_tokens, decompress, encode_tokens
 from bsqvit.codec import api
-from bsqvit.codec.api import base_header, decompress_file, read_bsq
+from bsqvit.codec.api import base_header
+from bsqvit.codec.files import decompress_file, read_bsq
 from bsqvit.codec.container import max_file_bytes, read_container, unpack_header
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,7 @@ import numpy as np
 
 def run_demo(data: str, out: str | Path, limit: int | None = None, codecs=("jpeg", "webp"), gen_per_class: int = 4,
              lpips: bool = True, echo=print) -> dict:
-    from .codec.api import compress_file, decompress_file
+    from .codec.files import compress_file, decompress_file
     from .codec.container import FORMAT_LIMITS
     from .codec.prior import default_prior
     from .codec.rd import Metrics, run_rd

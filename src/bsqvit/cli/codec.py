@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from .. import pretrained
-from ..codec.api import CodecOptions, compress_file, decompress_file, info, is_frames_dir, read_bsq
+from ..codec.api import CodecOptions
+from ..codec.files import compress_file, decompress_file, info, is_frames_dir, read_bsq
 from ..codec.container import FORMAT_LIMITS, Limits, read_container, short_id
 from ..codec.rd import run_rd
 from ..codec.train_prior import load_prior_train_config, train_prior

@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..io import InputError
+from .errors import BSQFormatError
+from .extension import EXT_MAX_KEYS, check_ext, parse_ext  # noqa: F401 (EXT_MAX_KEYS: part of the format)
 
 MAGIC = b"\x89BSQ"
 MAJOR, MINOR = 2, 0
@@ -49,15 +50,9 @@ FLAG_VIDEO_COND = 1
 # T, fps, pad bottom, pad right, pad mode, tile h, tile w, passes, schedule, arithmetic, prob bits,
 # flags, frames per chunk, n_chunks
 HEADER_STRUCT = struct.Struct("<16s16s16sBBBBHHIIIdHHBHHBBBBBHI")
-EXT_MAX_KEYS = 64  # the extension is a flat JSON object of at most 64 scalar entries
-EXT_MAX_STRING = 256
 CHUNK_STRUCT = struct.Struct("<III")
 PREFIX = struct.Struct("<4sBBH")
 ID_BYTES = 16
-
-
-class BSQFormatError(InputError):
-    """A ``.bsq`` file is malformed, corrupt, truncated, or not decodable with the given weights."""
 
 
 @dataclass
@@ -228,54 +223,6 @@ def check_header(h: Header, limits: Limits) -> None:
             bad("ar coding with a schedule")
 
 
-def check_ext(ext) -> None:
-    """The extension is a flat object: at most EXT_MAX_KEYS string keys, values None, bool, int,
-    float or strings of at most EXT_MAX_STRING characters."""
-    if not isinstance(ext, dict) or len(ext) > EXT_MAX_KEYS:
-        raise BSQFormatError(f"bad header extension (not a mapping of at most {EXT_MAX_KEYS} entries)")
-    for k, v in ext.items():
-        if not isinstance(k, str) or len(k) > EXT_MAX_STRING:
-            raise BSQFormatError("bad header extension (key)")
-        if isinstance(v, str) and len(v) > EXT_MAX_STRING or not isinstance(v, (type(None), bool, int, float, str)):
-            raise BSQFormatError(f"bad header extension (value of {k[:32]!r} is not a short scalar)")
-        if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 64:
-            raise BSQFormatError(f"bad header extension (integer {k[:32]!r} out of range)")
-
-
-def _nesting_depth(raw: bytes) -> int:
-    """Deepest bracket nesting of a JSON text, outside strings (a bounded scan before json.loads)."""
-    depth = deepest = 0
-    in_str = esc = False
-    for ch in raw:
-        if in_str:
-            esc, in_str = (False, in_str) if esc else (ch == 0x5C, ch != 0x22)
-        elif ch == 0x22:
-            in_str = True
-        elif ch in (0x5B, 0x7B):
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in (0x5D, 0x7D):
-            depth -= 1
-    return deepest
-
-
-def _parse_ext(blob: bytes, limits: Limits) -> dict:
-    d = zlib.decompressobj()
-    try:
-        raw = d.decompress(blob, limits.max_ext)
-        if d.unconsumed_tail or not d.eof or d.unused_data:
-            raise BSQFormatError("header extension too large or truncated")
-        if _nesting_depth(raw) > 1:
-            raise BSQFormatError("bad header extension (nested values)")
-        ext = json.loads(raw)
-    except (zlib.error, ValueError, RecursionError) as e:
-        if isinstance(e, BSQFormatError):
-            raise
-        raise BSQFormatError(f"bad header extension ({type(e).__name__})") from None
-    check_ext(ext)
-    return ext
-
-
 def _digest_bytes(hex_digest: str) -> bytes:
     b = bytes.fromhex(hex_digest) if hex_digest else b""
     if len(b) != ID_BYTES:
@@ -336,7 +283,7 @@ def unpack_header(data: bytes | memoryview, limits: Limits | None = None) -> tup
     (ext_len,) = struct.unpack_from("<H", data, off)
     if off + 2 + ext_len != end:
         raise BSQFormatError("bad header extension length")
-    ext = _parse_ext(bytes(data[off + 2 : end]), limits) if ext_len else {}
+    ext = parse_ext(bytes(data[off + 2 : end]), limits.max_ext) if ext_len else {}
     if flags & ~FLAG_VIDEO_COND:
         raise BSQFormatError(f"unknown header flags {flags:#x}")
     h = Header(
