@@ -293,7 +293,8 @@ def random_header(rng, seed) -> Header:
     h.group_bits = rng.choice([g for g in range(1, 17) if h.bits % g == 0])
     h.tile = (rng.randrange(1, 17), rng.randrange(1, 17))
     if coder == "parallel":
-        h.passes, h.schedule = rng.randrange(1, 65), rng.choice(["quadtree", "random"])
+        h.schedule = rng.choice(["quadtree", "random"])
+        h.passes = rng.randrange(1, 65, 2 if h.schedule == "quadtree" else 1)  # quadtree: odd counts only
     h.arithmetic, h.video_cond = "int-fx12", keep()
     h.prob_bits = rng.randrange(max(8, h.group_bits + 2), 25)
     return h

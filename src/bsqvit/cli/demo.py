@@ -15,7 +15,7 @@ def add_demo(sub) -> None:
                            "Compress and decompress every image of --data with the embedded tokenizer and prior "
                            "(real .bsq files), print bpp / PSNR / seconds per image, compare with JPEG and WebP "
                            "(rd.png, rd.md, rd.json) and draw a generated sample grid. Offline."))
-    p.add_argument("--data", default="../shared/data/kodak", metavar="DIR", help="images (default: ../shared/data/kodak)")
+    p.add_argument("--data", required=True, metavar="DIR", help="a folder of images (e.g. Kodak)")
     p.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default: demo-out)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="first N images")
     p.add_argument("--no-lpips", action="store_true", help="skip the LPIPS stand-in")

@@ -203,9 +203,8 @@ def code_frame_ar(prior, coder: SymbolCoder, h: int, w: int, tokens: np.ndarray 
     inp = torch.zeros(len(tiles), dtype=torch.int64)
     offsets = np.cumsum([0] + [len(b) for b in batches])
     for t in range(max(r * q for _, _, r, q in tiles)):
-        feats = torch.cat([prior.ar_step(st, t, inp[offsets[i] : offsets[i + 1]])
-                           for i, st in enumerate(states) if t < st["N"]])
-        live = [i for i, st in enumerate(states) if t < st["N"]]
+        live = [i for i, st in enumerate(states) if t < st["N"]]  # batches with a tile still running
+        feats = torch.cat([prior.ar_step(states[i], t, inp[offsets[i] : offsets[i + 1]]) for i in live])
         rows = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in live])  # tiles behind `feats`
         active = [j for j, b in enumerate(rows.tolist()) if t < tiles[b][2] * tiles[b][3]]
         idx = rows[active]

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .errors import BSQFormatError
-from .extension import EXT_MAX_KEYS, check_ext, parse_ext  # noqa: F401 (EXT_MAX_KEYS: part of the format)
+from .extension import check_ext, parse_ext
 
 MAGIC = b"\x89BSQ"
 MAJOR, MINOR = 2, 0
@@ -217,7 +217,8 @@ def check_header(h: Header, limits: Limits) -> None:
             bad("probability bits")
         if h.prob_bits < h.group_bits + 2:
             bad("probability bits too small for the alphabet")
-        if h.coder == "parallel" and (h.schedule not in ("quadtree", "random") or not (1 <= h.passes <= 64)):
+        if h.coder == "parallel" and (h.schedule not in ("quadtree", "random") or not (1 <= h.passes <= 64)
+                                      or h.schedule == "quadtree" and h.passes % 2 == 0):
             bad("parallel schedule")
         if h.coder == "ar" and (h.passes or h.schedule != "none"):
             bad("ar coding with a schedule")
@@ -233,9 +234,10 @@ def _digest_bytes(hex_digest: str) -> bytes:
 def pack_header(h: Header, limits: Limits | None = None) -> bytes:
     check_header(h, limits or FORMAT_LIMITS)
     check_ext(h.ext)
-    ext = zlib.compress(json.dumps(h.ext, sort_keys=True, separators=(",", ":")).encode(), 9) if h.ext else b""
-    if len(ext) > 0xFFFF:
-        raise ValueError("header extension too large")
+    raw = json.dumps(h.ext, sort_keys=True, separators=(",", ":")).encode() if h.ext else b""
+    if len(raw) > Limits().max_ext:  # what every reader accepts
+        raise ValueError(f"header extension of {len(raw)} bytes is over {Limits().max_ext}")
+    ext = zlib.compress(raw, 9) if raw else b""
     flags = FLAG_VIDEO_COND if h.video_cond else 0
     body = HEADER_STRUCT.pack(
         id_bytes(h.tokenizer_id), id_bytes(h.prior_id), _digest_bytes(h.tokens_digest), MEDIA[h.media],

@@ -207,11 +207,13 @@ class IntLinear:
     """``y = clamp(round_shift(x @ q.T, e) + b)``: a float ``nn.Linear`` in integers (see
     :func:`quantize_rows`). Exact: ``|x @ q.T| <= K * ACT_MAX * 2^15``, asserted below 2^53 - 2^35."""
 
-    def __init__(self, linear: torch.nn.Linear):
-        q, e = quantize_rows(linear.weight)
+    def __init__(self, weight: Tensor, bias: Tensor | None = None):
+        """``weight`` (O, K) and ``bias`` (O,) of a float linear map (an ``nn.Linear``'s, or a
+        convolution's weight flattened to rows)."""
+        q, e = quantize_rows(weight)
         self.qt = q.t().contiguous()  # (K, O)
         self.half, self.inv = _pow2(e)
-        self.b = quantize_fixed(linear.bias) if linear.bias is not None else torch.zeros_like(self.half)
+        self.b = quantize_fixed(bias) if bias is not None else torch.zeros_like(self.half)
         self.bound = q.shape[1] * ACT_MAX * (1 << W_BITS)
         if self.bound + (1 << (E_MAX - 1)) >= EXACT:
             raise ValueError(f"a layer with {q.shape[1]} inputs is too wide for exact integer arithmetic")

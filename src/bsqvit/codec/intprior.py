@@ -18,15 +18,14 @@ from . import intops as I
 from .prior import split_groups
 
 ARITHMETIC = "int-fx12"  # the name of this arithmetic in the header (docs/FORMAT.md section 4)
-ARITHMETIC_ID = 1
 
 
 class _IntBlock:
     def __init__(self, blk, heads: int):
         self.heads = heads
         self.ln1, self.ln2 = I.IntLayerNorm(blk.ln1), I.IntLayerNorm(blk.ln2)
-        self.qkv, self.proj = I.IntLinear(blk.qkv), I.IntLinear(blk.proj)
-        self.fc1, self.fc2 = I.IntLinear(blk.fc1), I.IntLinear(blk.fc2)
+        self.qkv, self.proj = _linear(blk.qkv), _linear(blk.proj)
+        self.fc1, self.fc2 = _linear(blk.fc1), _linear(blk.fc2)
         D = blk.qkv.in_features
         self.hd = D // heads
         if self.hd > 64:
@@ -56,7 +55,7 @@ class _IntBlock:
 class _IntHead:
     def __init__(self, head):
         self.prev = [I.quantize_fixed(e.weight) for e in head.prev]
-        self.ln, self.fc1, self.fc2 = I.IntLayerNorm(head.ln), I.IntLinear(head.fc1), I.IntLinear(head.fc2)
+        self.ln, self.fc1, self.fc2 = I.IntLayerNorm(head.ln), _linear(head.fc1), _linear(head.fc2)
 
     def __call__(self, h: Tensor, prev_groups: Tensor | None) -> Tensor:
         for j, emb in enumerate(self.prev):
@@ -66,8 +65,6 @@ class _IntHead:
 
 class IntPrior:
     """Integer twin of a :class:`TokenPrior` with the interface the coder uses."""
-
-    arithmetic = ARITHMETIC
 
     def __init__(self, prior):
         c = self.config = prior.config
@@ -79,12 +76,11 @@ class IntPrior:
         self.start = I.quantize_fixed(prior.start)
         if c.video:
             w = prior.prev_conv.weight  # (D, D, 3, 3) -> rows over (in channel, ky, kx), as unfold lays them
-            self.conv = I.IntLinear(_as_linear(w.reshape(w.shape[0], -1), prior.prev_conv.bias))
+            self.conv = I.IntLinear(w.reshape(w.shape[0], -1), prior.prev_conv.bias)
             self.no_prev = I.quantize_fixed(prior.no_prev)
         self.blocks = [_IntBlock(b, c.heads) for b in prior.blocks]
         self.ln_f = I.IntLayerNorm(prior.ln_f)
         self.heads = [_IntHead(h) for h in prior.heads]
-        self.weights_hash = prior.weights_hash
 
     # ---- shared pieces ------------------------------------------------------------------------------
     def embed_tokens(self, tokens: Tensor) -> Tensor:
@@ -165,10 +161,5 @@ class IntPrior:
         return self.ln_f(x)
 
 
-def _as_linear(weight: Tensor, bias: Tensor | None) -> torch.nn.Linear:
-    lin = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    with torch.no_grad():
-        lin.weight.copy_(weight)
-        if bias is not None:
-            lin.bias.copy_(bias)
-    return lin
+def _linear(m: torch.nn.Linear) -> I.IntLinear:
+    return I.IntLinear(m.weight, m.bias)

@@ -14,7 +14,7 @@
   - :class:`InceptionFeatures` — the FID InceptionV3 pool3 (2048-d) with pytorch-fid's
     ``pt_inception-2015-12-05`` weights: the network of published FID / rFID numbers;
   - :class:`SqueezeCaffeFeatures` — an offline **stand-in**: 512-d global average pool of the
-    last Fire module of the Caffe SqueezeNet v1.1 in ``../shared/weights``. An "FID-like" score,
+    last Fire module of the Caffe SqueezeNet v1.1 (weights from ``$BSQVIT_WEIGHTS_DIR``). An "FID-like" score,
     **not comparable to published numbers**.
 
 FID from few samples is strongly biased upwards (the covariance is estimated from N samples in
