@@ -14,7 +14,7 @@ from PIL import Image
 from bsqvit import BSQViT
 from bsqvit.cli import main
 from bsqvit.generate.data import class_of, discover_classes, extract_gen_tokens, load_token_cache
-from bsqvit.generate.metrics import LinearProbe, fid_from_features, inception_score, precision_recall
+from bsqvit.metrics.generation import LinearProbe, fid_from_features, inception_score, precision_recall
 from bsqvit.generate.model import GenConfig, MaskedTokenModel, join_groups, masked_token_loss, split_groups
 from bsqvit.generate.sampling import fill_canvas, sample_tokens, windows
 from bsqvit.generate.train import image_grid
@@ -269,7 +269,7 @@ def test_token_cache_format_and_reuse(tmp_path, labelled, tokenizer_dir, monkeyp
     assert sorted(set(c["labels"].tolist())) == [-1, 0, 1, 2]
     assert c["classes"] == classes and c["meta"]["tokenizer"] == tok.weights_hash()
     # view 1 is the flipped image's tokens
-    from bsqvit.generate.data import load_square
+    from bsqvit.io import load_square
     from bsqvit.io import from_uint8
 
     x = from_uint8(load_square(files[0], 32))[None]

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from ..generate.data import class_of, discover_classes
-from ..generate.metrics import GenEvaluator, load_folder
+from ..metrics.generation import GenEvaluator, load_folder
 from ..generate.sampling import fill_canvas
 from ..generate.train import generate_images, image_grid, load_gen_train_config, train_gen
 from ..io import InputError, atomic_path, from_uint8, load_image, to_uint8

@@ -32,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..config import ConfigError
+from ..io import atomic_path, from_uint8, load_square
 
 log = logging.getLogger("bsqvit.generate.data")
 CACHE_VERSION = 1
@@ -68,25 +70,9 @@ def class_names(ids: list[str]) -> list[str]:
     return [IMAGENETTE_CLASSES.get(i, i) for i in ids]
 
 
-def load_square(path: str | Path, resolution: int) -> np.ndarray:
-    """uint8 (resolution, resolution, 3): the image resized (bicubic, antialiased) to a square."""
-    from PIL import Image
-
-    from ..io import load_image, to_uint8
-
-    im = Image.fromarray(to_uint8(load_image(path)))
-    if im.size != (resolution, resolution):
-        im = im.resize((resolution, resolution), Image.Resampling.BICUBIC, reducing_gap=None)
-    return np.array(im)
-
-
 def extract_gen_tokens(tokenizer, files: list[str], classes: list[str], resolution: int, cache_dir: Path,
                        flip: bool = True, batch: int = 64, progress: bool = True) -> dict:
     """Tokens of labelled images, cached (see the module docstring for the format)."""
-    from tqdm import tqdm
-
-    from ..io import atomic_path, from_uint8
-
     p = tokenizer.patch_size
     if resolution % p:
         raise ConfigError(f"resolution {resolution} is not a multiple of the tokenizer's patch size {p}")

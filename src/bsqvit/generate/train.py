@@ -11,7 +11,7 @@
 3. **Evaluation** at step 0, every ``eval_every`` steps and at the end: ``eval.samples_per_class``
    samples per class (or ``eval.samples`` unconditional ones) with the fixed sampling settings of
    ``eval``, decoded by the tokenizer and scored against the reference images (FID, IS or its probe
-   stand-in, precision/recall, class accuracy: :mod:`bsqvit.generate.metrics`) into
+   stand-in, precision/recall, class accuracy: :mod:`bsqvit.metrics.generation`) into
    ``eval.jsonl``; a sample grid per evaluation in ``samples/``. The first evaluation also scores
    the tokenizer's reconstructions of reference images: the floor that the tokenizer sets.
 4. **Export.** ``OUTPUT_DIR/gen/`` (``config.json`` + ``model.safetensors``, EMA weights) at every
@@ -184,7 +184,7 @@ def train_gen(cfg: GenTrainConfig, tokenizer_dir, output_dir, resume: bool = Fal
     from ..train import checkpoint as ckpt
     from ..train.trainer import adamw_warmup_cosine, ema_update, tensorboard_writer
     from .data import class_names, extract_gen_tokens, load_square
-    from .metrics import GenEvaluator
+    from ..metrics.generation import GenEvaluator
 
     out = Path(output_dir)
     if cfg.threads:
@@ -253,7 +253,7 @@ def train_gen(cfg: GenTrainConfig, tokenizer_dir, output_dir, resume: bool = Fal
                                         choice_temperature=ev.choice_temperature)
             rec["sample_seconds"] = round(time.time() - t0, 2)
             if evaluator is None:
-                from .metrics import load_folder
+                from ..metrics.generation import load_folder
 
                 ref_imgs, ref_files = load_folder(ev.ref or cfg.data.train, r, ev.ref_limit)
                 from .data import class_of

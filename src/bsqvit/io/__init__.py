@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .files import InputError, atomic_dir, atomic_path, commit_temp, discard_temp, one_line, temp_path_for
 from .grid import grid_layout, tile
-from .image import IMAGE_SUFFIXES, from_uint8, load_image, save_image, to_rgb, to_rgb01, to_uint8
+from .image import IMAGE_SUFFIXES, from_uint8, load_image, load_square, save_image, to_rgb, to_rgb01, to_uint8
 from .video import (
     RAW_STREAM_SUFFIXES,
     VIDEO_SUFFIXES,
@@ -38,6 +38,7 @@ __all__ = [
     "grid_layout",
     "IMAGE_SUFFIXES",
     "load_image",
+    "load_square",
     "save_image",
     "to_uint8",
     "to_rgb",

@@ -152,3 +152,11 @@ def save_image(t: torch.Tensor, path: str | os.PathLike, quality: int = 95) -> N
     kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
     with atomic_path(path) as tmp:
         img.save(tmp, format=fmt, **kwargs)
+
+
+def load_square(path: str | Path, resolution: int) -> np.ndarray:
+    """uint8 (resolution, resolution, 3): the image resized (bicubic, antialiased) to a square."""
+    im = Image.fromarray(to_uint8(load_image(path)))
+    if im.size != (resolution, resolution):
+        im = im.resize((resolution, resolution), Image.Resampling.BICUBIC, reducing_gap=None)
+    return np.array(im)

@@ -25,16 +25,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..metrics.fid import FeatureStats, frechet_distance
+from ..data.images import find_images
+from ..io import InputError, from_uint8, load_image, load_square, to_uint8
+from .fid import FeatureStats, InceptionFeatures, build_fid_features, frechet_distance
 
-log = logging.getLogger("bsqvit.generate.metrics")
+log = logging.getLogger("bsqvit.metrics.generation")
 
 
 @torch.no_grad()
 def features_of(extractor, images, batch: int = 64) -> np.ndarray:
     """Features (N, dim) float64 of uint8 images (H, W, 3) (a list or an iterable)."""
-    from ..io import from_uint8
-
     out, buf = [], []
     for a in images:
         buf.append(from_uint8(a))
@@ -108,8 +108,6 @@ class GenEvaluator:
 
     def __init__(self, ref_images: list[np.ndarray], ref_labels: np.ndarray | None = None,
                  features: str = "auto", inception_weights=None, weights_dir=None, batch: int = 64):
-        from ..metrics.fid import InceptionFeatures, build_fid_features
-
         self.extractor = build_fid_features(features, inception_weights, [weights_dir] if weights_dir else [])
         self.inception = isinstance(self.extractor, InceptionFeatures)
         self.batch = batch
@@ -152,12 +150,6 @@ def load_folder(path: str | Path, resolution: int | None = None, limit: int | No
                 exclude: tuple[str, ...] = ()) -> tuple[list, list[str]]:
     """uint8 images of a folder (recursive, sorted), resized to ``resolution`` squares if given;
     files named in ``exclude`` are left out, unreadable ones skipped with a warning."""
-    from ..data.images import find_images
-    from ..io import load_image, to_uint8
-    from .data import load_square
-
-    from ..io import InputError
-
     images, kept = [], []
     for f in find_images(path):
         if Path(f).name in exclude:
