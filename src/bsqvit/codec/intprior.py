@@ -24,9 +24,9 @@ class _IntBlock:
     def __init__(self, blk, heads: int):
         self.heads = heads
         self.ln1, self.ln2 = I.IntLayerNorm(blk.ln1), I.IntLayerNorm(blk.ln2)
-        self.qkv, self.proj = _linear(blk.qkv), _linear(blk.proj)
-        self.fc1, self.fc2 = _linear(blk.fc1), _linear(blk.fc2)
-        D = blk.qkv.in_features
+        self.qkv, self.proj = _linear(blk.attn.qkv), _linear(blk.attn.proj)
+        self.fc1, self.fc2 = _linear(blk.mlp.fc), _linear(blk.mlp.proj)
+        D = blk.attn.qkv.in_features
         self.hd = D // heads
         if self.hd > 64:
             raise ValueError(f"head dimension {self.hd} > 64 is outside the integer range")

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import ConfigError
-from ..nn import PretrainedModule
+from ..nn import Block, PretrainedModule, use_flat_block_names
 from ..quantizers.base import join_groups, split_groups  # noqa: F401  (re-exported)
 
 PRIOR_KINDS = ("ar", "parallel")
@@ -154,43 +154,6 @@ def pass_map(rows: int, cols: int, passes: int, schedule: str) -> np.ndarray:
 
 
 # ---- the network ----------------------------------------------------------------------------------
-class Block(nn.Module):
-    """Pre-LN transformer block with a step mode (one new position, key/value cache)."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
-        super().__init__()
-        self.heads = heads
-        self.ln1 = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.ln2 = nn.LayerNorm(dim)
-        hidden = int(dim * mlp_ratio)
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def _qkv(self, x: Tensor):
-        B, N, D = x.shape
-        return self.qkv(self.ln1(x)).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-
-    def _out(self, x: Tensor, y: Tensor) -> Tensor:
-        B, N, D = x.shape
-        x = x + self.proj(y.transpose(1, 2).reshape(B, N, D))
-        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
-
-    def forward(self, x: Tensor, causal: bool = False, mask: Tensor | None = None) -> Tensor:
-        q, k, v = self._qkv(x)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
-        return self._out(x, y)
-
-    def step(self, x: Tensor, cache: Tensor, t: int) -> Tensor:
-        """``x``: (B, 1, D) at position ``t``; ``cache``: (2, B, heads, N, head_dim), filled in place."""
-        q, k, v = self._qkv(x)
-        cache[0, :, :, t : t + 1] = k
-        cache[1, :, :, t : t + 1] = v
-        y = F.scaled_dot_product_attention(q, cache[0, :, :, : t + 1], cache[1, :, :, : t + 1])
-        return self._out(x, y)
-
-
 class GroupHead(nn.Module):
     """Logits of group k from the position's feature and the groups 0..k-1 of the same token."""
 
@@ -229,6 +192,7 @@ class TokenPrior(
             self.prev_conv = nn.Conv2d(D, D, 3, padding=1)
             self.no_prev = nn.Parameter(torch.zeros(D))
         self.blocks = nn.ModuleList(Block(D, c.heads, c.mlp_ratio) for _ in range(c.layers))
+        use_flat_block_names(self)  # the prior's files name them blocks.{l}.qkv / proj / fc1 / fc2
         self.ln_f = nn.LayerNorm(D)
         self.heads = nn.ModuleList(GroupHead(D, k, c.group_bits) for k in range(c.groups))
         self._init()
@@ -242,8 +206,8 @@ class TokenPrior(
                 nn.init.normal_(m.weight, std=0.02)
         nn.init.normal_(self.start, std=0.02)
         for blk in self.blocks:  # scaled residual branches (GPT-2)
-            nn.init.trunc_normal_(blk.proj.weight, std=0.02 / math.sqrt(2 * self.config.layers))
-            nn.init.trunc_normal_(blk.fc2.weight, std=0.02 / math.sqrt(2 * self.config.layers))
+            nn.init.trunc_normal_(blk.attn.proj.weight, std=0.02 / math.sqrt(2 * self.config.layers))
+            nn.init.trunc_normal_(blk.mlp.proj.weight, std=0.02 / math.sqrt(2 * self.config.layers))
 
     # ---- shared pieces --------------------------------------------------------------------------
     def embed_tokens(self, tokens: Tensor) -> Tensor:

@@ -27,8 +27,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..config import ConfigError
-from ..models.transformer import Block
-from ..nn import PretrainedModule
+from ..nn import Block, PretrainedModule
 from ..quantizers.base import join_groups, split_groups  # noqa: F401  (re-exported)
 
 EMBEDDINGS = ("groups", "code")

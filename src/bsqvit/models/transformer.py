@@ -1,4 +1,4 @@
-"""A pre-LN ViT: patch embedding, positional embeddings, blocks on SDPA, and attention masks."""
+"""The tokenizer's ViT trunk: patches, positional embeddings, :class:`bsqvit.nn.Block` stacks, and attention masks."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..nn.transformer import Block
 
 MASK_TYPES = ("none", "full", "block-causal", "causal")
 
@@ -31,53 +33,6 @@ def attention_mask(
         block = torch.arange(n, device=device) // (tokens_per_frame * block_frames)
         return block[:, None] >= block[None, :]
     raise ValueError(f"unknown mask type {mask_type!r}; expected one of {MASK_TYPES}")
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"width {dim} is not divisible by heads {heads}")
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        B, N, D = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(y.transpose(1, 2).reshape(B, N, D))
-
-
-class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.proj = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.fc(x)
-        if h.requires_grad:
-            h = self.act(h)
-        else:
-            # No autograd graph: GELU in place on the fresh (N, hidden) buffer. Same values; one
-            # large temporary fewer, which on CPU avoids most of the page faults per forward.
-            h = torch.ops.aten.gelu_(h)
-        return self.proj(h)
-
-
-class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        self.ln1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads)
-        self.ln2 = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, int(dim * mlp_ratio))
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.ln1(x), mask)
-        return x + self.mlp(self.ln2(x))
 
 
 class ViT(nn.Module):
@@ -173,4 +128,4 @@ def count_flops_per_token(width: int, layers: int, seq: int, mlp_ratio: float = 
     return layers * per_block
 
 
-__all__ = ["attention_mask", "Attention", "Block", "ViT", "patchify", "unpatchify", "MASK_TYPES"]
+__all__ = ["attention_mask", "ViT", "patchify", "unpatchify", "MASK_TYPES"]
