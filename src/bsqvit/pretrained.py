@@ -21,8 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file, save_file
+
+from .io import InputError
 from .models.io import ModelLoadError
 
 ROOT = Path(__file__).resolve().parent / "assets" / "default"
@@ -92,8 +97,6 @@ NO_DEFAULT_MODEL = "no --model given and no embedded default model is installed"
 def default_model_dir() -> Path:
     """The embedded default tokenizer (verified against its manifest), or an
     :class:`~bsqvit.io.InputError`."""
-    from .io import InputError
-
     d = default_dir("tokenizer")
     if d is None:
         raise InputError(NO_DEFAULT_MODEL)
@@ -117,11 +120,6 @@ def pack_component(src_dir: Path, dst_dir: Path, half: bool = True) -> None:
     Refuses weights that float16 would change (train the dependent models on the rounded
     tokenizer: :func:`round_to_half`), so the packed model is bit-identical once loaded.
     """
-    import shutil
-
-    import torch
-    from safetensors.torch import load_file, save_file
-
     dst_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src_dir / "config.json", dst_dir / "config.json")
     state = load_file(str(src_dir / "model.safetensors"))
@@ -140,8 +138,6 @@ def pack_component(src_dir: Path, dst_dir: Path, half: bool = True) -> None:
 
 def round_to_half(module) -> None:
     """Round every floating parameter and buffer of ``module`` to float16 precision, in place."""
-    import torch
-
     with torch.no_grad():
         for t in list(module.parameters()) + list(module.buffers()):
             if t.is_floating_point():

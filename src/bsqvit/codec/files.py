@@ -9,8 +9,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from ..io import InputError
+from ..io import (
+    IMAGE_SUFFIXES,
+    InputError,
+    VideoWriter,
+    atomic_dir,
+    atomic_path,
+    from_uint8,
+    is_video_path,
+    iter_video_frames,
+    load_image,
+    save_image,
+    to_uint8,
+    video_info,
+)
 from ..models.frames import chunks as frame_chunks
 from ..models.frames import encode_frames
 from .api import (
@@ -41,8 +55,6 @@ def read_bsq(path: str | os.PathLike, limits: Limits | None = None) -> bytes:
 def compress_file(inp, out, model, prior=None, options: CodecOptions | None = None, max_frames: int | None = None,
                   amp: bool = False) -> dict:
     """Image or video file -> ``.bsq`` file (written atomically). Returns the statistics."""
-    from ..io import atomic_path, from_uint8, is_video_path, iter_video_frames, load_image, video_info
-
     t0 = time.perf_counter()
     opts = options or CodecOptions()
     if is_video_path(inp):
@@ -79,8 +91,6 @@ def is_frames_dir(out: str | os.PathLike) -> bool:
 def decompress_file(inp, out, model, prior=None, limits: Limits | None = None, crf: int = 18,
                     lossless: bool = False, amp: bool = False, options: CodecOptions | None = None) -> dict:
     """``.bsq`` file -> image file, video file or directory of PNG frames; nothing partial on error."""
-    from ..io import IMAGE_SUFFIXES, VideoWriter, is_video_path, save_image, to_uint8
-
     t0 = time.perf_counter()
     data = read_bsq(inp, limits)
     header, chunks = read_container(data, limits)
@@ -107,10 +117,6 @@ def decompress_file(inp, out, model, prior=None, limits: Limits | None = None, c
 
 
 def _write_frames_dir(out: Path, model, header: Header, blocks, amp: bool) -> None:
-    from PIL import Image
-
-    from ..io import atomic_dir, to_uint8
-
     with atomic_dir(out) as tmp:
         i = 0
         for px in _decode_pixels(model, header, blocks, amp=amp):

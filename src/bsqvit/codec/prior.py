@@ -40,6 +40,7 @@ from torch import Tensor
 
 from ..config import ConfigError
 from ..nn import Block, PretrainedModule, use_flat_block_names
+from ..pretrained import default_dir
 from ..quantizers.base import join_groups, split_groups  # noqa: F401  (re-exported)
 
 PRIOR_KINDS = ("ar", "parallel")
@@ -364,8 +365,6 @@ class TokenPrior(
 def default_prior(model=None) -> TokenPrior | None:
     """The embedded default token prior (eval mode, :mod:`bsqvit.pretrained`), or None when none
     ships or when it was trained for another tokenizer than ``model`` (by ``weights_hash()``)."""
-    from ..pretrained import default_dir
-
     d = default_dir("prior")
     if d is None:
         return None

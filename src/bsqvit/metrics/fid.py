@@ -35,6 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io import atomic_path
+from ..nets.backbones import WeightsNotFound, build_backbone
+from ..nets.inception import load_fid_inception
+
 __all__ = [
     "frechet_distance",
     "FD_METHODS",
@@ -203,8 +207,6 @@ class FeatureStats:
 
 def save_stats(path: str | os.PathLike, stats: Stats) -> None:
     """Write ``mu``, ``sigma``, ``n``, ``feature``, ``meta`` (JSON) to ``path`` (.npz), atomically."""
-    from ..io import atomic_path
-
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, mu=stats.mu, sigma=stats.sigma, n=np.int64(stats.n), feature=np.str_(stats.feature),
@@ -258,8 +260,6 @@ class InceptionFeatures(FeatureExtractor):
 
     def __init__(self, weights: str | os.PathLike | None = None, search_dirs: Iterable = ()):
         super().__init__()
-        from ..nets.inception import load_fid_inception
-
         self.net = load_fid_inception(weights, search_dirs)
         self.weights_file = weights
         self.requires_grad_(False)
@@ -285,8 +285,6 @@ class SqueezeCaffeFeatures(FeatureExtractor):
 
     def __init__(self, weights: str | os.PathLike | None = None, search_dirs: Iterable = (), size: int = 224):
         super().__init__()
-        from ..nets.backbones import build_backbone
-
         self.features = build_backbone("squeezenet1_1_caffe", weights, list(search_dirs)).features
         self.size = size
         self.register_buffer("mean", torch.tensor(_CAFFE_BGR_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -306,8 +304,6 @@ def build_fid_features(kind: str = "auto", inception_weights: str | os.PathLike 
                        search_dirs: Iterable = ()) -> FeatureExtractor:
     """``inception`` (real FID; :class:`~bsqvit.nets.backbones.WeightsNotFound` if absent),
     ``squeeze-caffe`` (stand-in) or ``auto`` (Inception when its weights are found, else the stand-in)."""
-    from ..nets.backbones import WeightsNotFound
-
     search_dirs = [d for d in search_dirs if d]
     if kind == "inception":
         return InceptionFeatures(inception_weights, search_dirs)

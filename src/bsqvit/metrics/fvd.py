@@ -21,6 +21,7 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
+from ..nets.i3d import load_i3d
 from .fid import FeatureExtractor, FeatureStats, frechet_distance
 
 __all__ = ["I3DFeatures", "preprocess_clips", "fvd_from_features", "FVD_MIN_FRAMES"]
@@ -53,8 +54,6 @@ class I3DFeatures(FeatureExtractor):
 
     def __init__(self, weights: str | os.PathLike | None = None, search_dirs: Iterable = ()):
         super().__init__()
-        from ..nets.i3d import load_i3d
-
         self.net = load_i3d(weights, [d for d in search_dirs if d])
         self.requires_grad_(False)
         super().train(False)
