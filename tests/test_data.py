@@ -32,7 +32,7 @@ from bsqvit.data import (
     train_transform,
 )
 from bsqvit.data.transforms import CropParams, center_crop_params, hflip, resize_short_side, to_tensor
-from bsqvit.data.video import count_frames, find_videos, read_frames
+from bsqvit.data.video_sources import count_frames, find_videos, read_frames
 
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"  # ../shared beside the checkout
 DATA = SHARED_DIR / "data"
