@@ -101,6 +101,31 @@ def config_from_reference(ref: dict) -> BSQViTConfig:
                           "only [-1, 1] models are supported")
     enc = dict(params["vitconfig"])
     dec = dict(params.get("dvitconfig") or enc)
+    _check_supported(enc, dec, params)
+    size = enc["image_size"]
+    size = [size, size] if isinstance(size, int) else list(size)
+    p = int(enc["patch_size"])
+    cfg = dict(
+        image_size=size,
+        patch_size=p,
+        num_frames=int(enc.get("num_frames", 1)),
+        width=int(enc["width"]),
+        layers=int(enc["layers"]),
+        heads=int(enc["heads"]),
+        mlp_ratio=float(enc.get("mlp_ratio", 4.0)),
+        decoder_width=int(dec["width"]),
+        decoder_layers=int(dec["layers"]),
+        decoder_heads=int(dec["heads"]),
+        head_dim=int(dec.get("dim_ffn_output", 3072)),
+        mask_type=str(enc.get("mask_type") or "none").lower(),
+        mask_block_size=_mask_block_frames(int(enc.get("mask_block_size", -1)), (size[0] // p) * (size[1] // p)),
+        quantizer=_quantizer_config(params),
+    )
+    return from_dict(BSQViTConfig, cfg)
+
+
+def _check_supported(enc: dict, dec: dict, params: dict) -> None:
+    """Refuse reference options this implementation does not reproduce."""
     for c, name in ((enc, "vitconfig"), (dec, "dvitconfig")):
         if c.get("ls_init_value") is not None:
             raise ConfigError(f"{name}.ls_init_value (LayerScale) is not supported")
@@ -118,17 +143,19 @@ def config_from_reference(ref: dict) -> BSQViTConfig:
     mask_e, mask_d = (str(c.get("mask_type") or "none").lower() for c in (enc, dec))
     if mask_e != mask_d:
         raise ConfigError(f"encoder mask {mask_e!r} and decoder mask {mask_d!r} differ")
-    size = enc["image_size"]
-    size = [size, size] if isinstance(size, int) else list(size)
-    p = int(enc["patch_size"])
-    tpf = (size[0] // p) * (size[1] // p)
-    mbs = int(enc.get("mask_block_size", -1))
-    if mbs <= 0:
-        block_frames = 1
-    elif mbs % tpf == 0:
-        block_frames = mbs // tpf
-    else:
-        raise ConfigError(f"mask_block_size {mbs} is not a whole number of frames ({tpf} tokens each)")
+
+
+def _mask_block_frames(mask_block_size: int, tokens_per_frame: int) -> int:
+    """The reference counts a mask block in tokens; we count it in frames."""
+    if mask_block_size <= 0:
+        return 1
+    if mask_block_size % tokens_per_frame == 0:
+        return mask_block_size // tokens_per_frame
+    raise ConfigError(f"mask_block_size {mask_block_size} is not a whole number of frames "
+                      f"({tokens_per_frame} tokens each)")
+
+
+def _quantizer_config(params: dict) -> dict:
     l2, post = params.get("l2_norm", False), params.get("post_q_l2_norm", False)
     if l2 and post:
         qtype = "bsq"
@@ -136,35 +163,18 @@ def config_from_reference(ref: dict) -> BSQViTConfig:
         qtype = "lfq"
     else:
         raise ConfigError(f"l2_norm={l2}, post_q_l2_norm={post}: only both true (BSQ) or both false (LFQ)")
-    L = int(params["embed_dim"])
     # The reference's 'analytical' per-sample mode also makes the codebook entropy per-bit.
     g = 1 if params.get("persample_entropy_compute", "group") == "analytical" else int(params.get("embed_group_size", 9))
-    cfg = dict(
-        image_size=size,
-        patch_size=p,
-        num_frames=int(enc.get("num_frames", 1)),
-        width=int(enc["width"]),
-        layers=int(enc["layers"]),
-        heads=int(enc["heads"]),
-        mlp_ratio=float(enc.get("mlp_ratio", 4.0)),
-        decoder_width=int(dec["width"]),
-        decoder_layers=int(dec["layers"]),
-        decoder_heads=int(dec["heads"]),
-        head_dim=int(dec.get("dim_ffn_output", 3072)),
-        mask_type=mask_e,
-        mask_block_size=block_frames,
-        quantizer=dict(
-            type=qtype,
-            dim=L,
-            group_size=g,
-            inv_temperature=float(params.get("inv_temperature", 1.0)),
-            gamma0=float(params.get("gamma0", 1.0)),
-            gamma=float(params.get("gamma", 1.0)),
-            zeta=float(params.get("zeta", 1.0)),
-            commitment_weight=float(params.get("beta", 0.0)),
-        ),
+    return dict(
+        type=qtype,
+        dim=int(params["embed_dim"]),
+        group_size=g,
+        inv_temperature=float(params.get("inv_temperature", 1.0)),
+        gamma0=float(params.get("gamma0", 1.0)),
+        gamma=float(params.get("gamma", 1.0)),
+        zeta=float(params.get("zeta", 1.0)),
+        commitment_weight=float(params.get("beta", 0.0)),
     )
-    return from_dict(BSQViTConfig, cfg)
 
 
 # ---- safe checkpoint loading --------------------------------------------------------------------
