@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
+from shared_data import WEIGHTS
 
 
 @pytest.fixture
@@ -18,6 +18,5 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"  # the project's data and weights, beside the checkout
-if (SHARED / "weights").is_dir():  # the library finds metric weights through this variable only
-    os.environ.setdefault("BSQVIT_WEIGHTS_DIR", str(SHARED / "weights"))
+if WEIGHTS.is_dir():  # the library finds metric weights through this variable only
+    os.environ.setdefault("BSQVIT_WEIGHTS_DIR", str(WEIGHTS))

@@ -33,13 +33,11 @@ from bsqvit.data import (
 )
 from bsqvit.data.transforms import CropParams, center_crop_params, hflip, resize_short_side, to_tensor
 from bsqvit.data.video_sources import count_frames, find_videos, read_frames
+from shared_data import VIDEO, needs
 
-SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"  # ../shared beside the checkout
-DATA = SHARED_DIR / "data"
-VIDEO = DATA / "video"
 H264 = VIDEO / "openh264_MR1_BT_A.h264"
 BLACKSWAN = VIDEO / "davis2016_frames" / "blackswan"
-needs_data = pytest.mark.skipif(not VIDEO.is_dir(), reason="shared/data not available")
+needs_data = needs(VIDEO, what="video clips (../shared/data/video)")
 
 
 def _rand_img(h, w, mode="RGB", seed=0):

@@ -4,7 +4,6 @@ direct NumPy/SciPy computation, token statistics by hand, FID/I3D network layout
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,13 +22,8 @@ from bsqvit.metrics.fid import (
 from bsqvit.metrics.fvd import fvd_from_features, preprocess_clips
 from bsqvit.metrics.tokens import TokenStats, raw_bpp
 from bsqvit.nets.backbones import WeightsNotFound
+from shared_data import KODAK, WEIGHTS, needs_kodak, needs_squeeze
 
-SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"  # ../shared beside the checkout
-KODAK = SHARED_DIR / "data/kodak"
-WEIGHTS = SHARED_DIR / "weights"
-needs_kodak = pytest.mark.skipif(not (KODAK / "kodim01.png").is_file(), reason="Kodak not available")
-needs_squeeze = pytest.mark.skipif(not (WEIGHTS / "squeezenet1_1_caffe" / "squeezenet1_1_features.pth").is_file(),
-                                   reason="SqueezeNet-Caffe weights not available")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

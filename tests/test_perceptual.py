@@ -19,25 +19,12 @@ from bsqvit.nets import (
 )
 from bsqvit.metrics import lpips as lpips_mod
 from bsqvit.metrics.lpips import LPIPS, build_perceptual
+from shared_data import KODAK, LPIPS_LIN, SQUEEZE_CAFFE, WEIGHTS, needs, needs_kodak, needs_squeeze
 
-SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"  # ../shared beside the checkout
-SHARED = SHARED_DIR / "weights"
-CAFFE_SQZ = SHARED / "squeezenet1_1_caffe" / "squeezenet1_1_features.pth"
-LIN_DIR = SHARED / "lpips_v0.1"
-KODIM01 = SHARED_DIR / "data/kodak/kodim01.png"
-
-needs_caffe = pytest.mark.skipif(not CAFFE_SQZ.is_file(), reason="shared SqueezeNet-Caffe weights absent")
-needs_lin = pytest.mark.skipif(not LIN_DIR.is_dir(), reason="shared lpips v0.1 weights absent")
-needs_kodak = pytest.mark.skipif(not KODIM01.is_file(), reason="Kodak image absent")
+needs_lin = needs(LPIPS_LIN, what="LPIPS v0.1 weights (../shared/weights)")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The workloads here are tiny; one intra-op thread avoids OpenMP spinning on a busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -123,9 +110,9 @@ def test_vgg16_param_count_without_building_head():
     assert n_feat + n_head == PARAM_COUNTS["vgg16"]
 
 
-@needs_caffe
+@needs_squeeze
 def test_shipped_caffe_squeezenet_matches_layout_and_loads_strict():
-    sd = torch.load(CAFFE_SQZ, map_location="cpu", weights_only=True)
+    sd = torch.load(SQUEEZE_CAFFE, map_location="cpu", weights_only=True)
     assert len(sd) == 50
     expected = {k.removeprefix("features."): v for k, v in squeezenet1_1_features_table().items()}
     assert shapes(sd) == expected
@@ -133,7 +120,7 @@ def test_shipped_caffe_squeezenet_matches_layout_and_loads_strict():
     m.features.load_state_dict(sd, strict=True)
     assert torch.equal(m.features[12].expand3x3.bias, sd["12.expand3x3.bias"])
     # through the loader (directory + sub-folder search)
-    sd2 = load_backbone_weights("squeezenet1_1_caffe", search_dirs=[SHARED])
+    sd2 = load_backbone_weights("squeezenet1_1_caffe", search_dirs=[WEIGHTS])
     assert all(torch.equal(sd[k], sd2[k]) for k in sd)
 
 
@@ -235,15 +222,15 @@ def test_calibrated_lpips_equals_manual_computation(tmp_path, net):
     sd = ref.state_dict() if full else {f"features.{k}": v for k, v in ref.features.state_dict().items()}
     torch.save(sd, hub_dir(tmp_path) / BACKBONE_FILENAMES[hub_name][0])
 
-    m = LPIPS(net, lin_path=LIN_DIR / f"{net}.pth")
+    m = LPIPS(net, lin_path=LPIPS_LIN / f"{net}.pth")
     assert m.calibrated and m.comparable_to_published and "v0.1" in m.label
     # default search via a weights dir holding lpips_v0.1/ finds the same file
-    assert LPIPS(net, weights_dir=SHARED).lin_file == LIN_DIR / f"{net}.pth"
+    assert LPIPS(net, weights_dir=WEIGHTS).lin_file == LPIPS_LIN / f"{net}.pth"
 
     g = torch.Generator().manual_seed(1)
     x = torch.rand(2, 3, 40, 40, generator=g) * 2 - 1
     y = (x + 0.3 * torch.randn(2, 3, 40, 40, generator=g)).clamp(-1, 1)
-    lin = torch.load(LIN_DIR / f"{net}.pth", map_location="cpu", weights_only=True)
+    lin = torch.load(LPIPS_LIN / f"{net}.pth", map_location="cpu", weights_only=True)
     with torch.no_grad():
         got = m(x, y)
         want = manual_lpips(ref.features, LPIPS_SLICES[net], x, y, lin=lin)
@@ -258,9 +245,9 @@ def test_calibrated_lpips_equals_manual_computation(tmp_path, net):
 # ---- the offline stand-in ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def standin():
-    if not CAFFE_SQZ.is_file():
+    if not SQUEEZE_CAFFE.is_file():
         pytest.skip("shared SqueezeNet-Caffe weights absent")
-    return LPIPS("squeeze-caffe", weights_path=CAFFE_SQZ)
+    return LPIPS("squeeze-caffe", weights_path=SQUEEZE_CAFFE)
 
 
 def to_tensor(img):
@@ -269,9 +256,9 @@ def to_tensor(img):
 
 @pytest.fixture(scope="module")
 def kodak_crop():
-    if not KODIM01.is_file():
+    if not (KODAK / "kodim01.png").is_file():
         pytest.skip("Kodak image absent")
-    im = Image.open(KODIM01).convert("RGB")
+    im = Image.open(KODAK / "kodim01.png").convert("RGB")
     return im.crop((320, 192, 448, 320))  # 128x128, textured (window, wall)
 
 
@@ -287,9 +274,9 @@ def test_standin_metadata_and_manual_computation(standin):
     assert not standin.calibrated and not standin.training
     assert not any(p.requires_grad for p in standin.parameters())
     with pytest.raises(ValueError):
-        LPIPS("squeeze-caffe", weights_path=CAFFE_SQZ, calibrated=True)
+        LPIPS("squeeze-caffe", weights_path=SQUEEZE_CAFFE, calibrated=True)
     ref = squeezenet1_1()
-    ref.features.load_state_dict(torch.load(CAFFE_SQZ, map_location="cpu", weights_only=True))
+    ref.features.load_state_dict(torch.load(SQUEEZE_CAFFE, map_location="cpu", weights_only=True))
     g = torch.Generator().manual_seed(2)
     x = torch.rand(2, 3, 48, 40, generator=g) * 2 - 1
     y = torch.rand(2, 3, 48, 40, generator=g) * 2 - 1

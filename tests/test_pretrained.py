@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,10 @@ from bsqvit.cli import main
 from bsqvit.codec import TokenPrior
 from bsqvit.generate.model import MaskedTokenModel
 from bsqvit.models.io import ModelLoadError
+from shared_data import KODAK as KODAK_DIR
 
-KODAK = Path("../shared/data/kodak/kodim23.png")
+KODAK = KODAK_DIR / "kodim23.png"
+
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

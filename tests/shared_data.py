@@ -1,0 +1,28 @@
+"""Where the tests find the project's data and weights: ``../shared`` beside the checkout.
+
+A bare clone has no ``../shared``; tests that need it skip with a reason naming what is missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DATA = SHARED / "data"
+KODAK = DATA / "kodak"
+VIDEO = DATA / "video"
+WEIGHTS = SHARED / "weights"
+SQUEEZE_CAFFE = WEIGHTS / "squeezenet1_1_caffe" / "squeezenet1_1_features.pth"
+LPIPS_LIN = WEIGHTS / "lpips_v0.1"
+
+
+def needs(*paths: Path, what: str) -> pytest.MarkDecorator:
+    """Skip unless every path exists."""
+    missing = [p for p in paths if not p.exists()]
+    return pytest.mark.skipif(bool(missing), reason=f"{what} not available ({missing[0] if missing else ''})")
+
+
+needs_kodak = needs(KODAK / "kodim01.png", what="Kodak (../shared/data/kodak)")
+needs_squeeze = needs(SQUEEZE_CAFFE, what="SqueezeNet-Caffe weights (../shared/weights)")
