@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+from reference_parity import import_reference  # this folder: the one way to put the reference on the path
 
 CONFIGS = {
     # name -> (yaml, vitconfig overrides, default repeats)
@@ -40,20 +41,6 @@ CONFIGS = {
     "B-128": ("configs/tokenizer/imagenet_128x128_bsqvit_stylegan_f8_fp16.yaml", {}, 5),
     "B-256": ("configs/tokenizer/imagenet_256x256_bsqvit_b18g18_stylegan_f8_fp16.yaml", {}, 3),
 }
-
-
-def import_reference(repo: Path, timm_site: Path, tv_stub: Path):
-    repo = repo.resolve()
-    if not (repo / "transcoder" / "models" / "bsqvit.py").is_file():
-        sys.exit(f"{repo} does not look like the reference repository (no transcoder/models/bsqvit.py)")
-    sys.path.insert(0, str(repo))
-    if importlib.util.find_spec("timm") is None:
-        sys.path.append(str(timm_site))
-    if importlib.util.find_spec("torchvision") is None:
-        sys.path.append(str(tv_stub))
-    from transcoder.models.bsqvit import VITBSQModel
-
-    return VITBSQModel
 
 
 def build_pair(VITBSQModel, repo: Path, name: str, seed: int):
@@ -168,7 +155,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    VITBSQModel = import_reference(args.reference_repo, args.timm_site, args.torchvision_stub)
+    VITBSQModel = import_reference(args.reference_repo, args.timm_site, args.torchvision_stub)[0].VITBSQModel
 
     results = []
     for name in args.configs:
