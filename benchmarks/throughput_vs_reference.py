@@ -23,7 +23,6 @@ small-width 128^2 variant.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import resource
