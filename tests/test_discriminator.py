@@ -12,15 +12,11 @@ import torch.nn.functional as F
 from bsqvit.config import ConfigError
 from bsqvit.train.discriminator import (
     DiscriminatorConfig,
-    EqualizedConv,
-    EqualizedLinear,
     FrameDiscriminator,
     StyleGANDiscriminator,
     StyleGANDiscriminator3D,
-    blur_downsample,
     build_discriminator,
     count_parameters,
-    minibatch_stddev,
 )
 from bsqvit.train.gan import (
     REFERENCE_D_LOSS_SCALE,
@@ -35,6 +31,7 @@ from bsqvit.train.gan import (
     r1_penalty,
     r1_scale,
 )
+from bsqvit.train.stylegan_layers import EqualizedConv, EqualizedLinear, blur_downsample, minibatch_stddev
 
 
 def tiny(image_size=16, **kw):
