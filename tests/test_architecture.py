@@ -21,7 +21,8 @@ LAYERS = [
     ["train"],
     ["codec"],
     ["generate"],
-    ["evaluate", "bench", "report", "demo"],
+    ["evaluation"],
+    ["demo"],
     ["cli"],
     ["__main__"],
 ]

@@ -533,7 +533,7 @@ def test_train_prior_end_to_end_and_resume(tmp_path, capsys):
 
 # ---- rd ---------------------------------------------------------------------------------------------------------
 def test_bd_rate_methods():
-    from bsqvit.codec.rd import bd_rate
+    from bsqvit.evaluation.bdrate import bd_rate
 
     base = [{"bpp": float(np.exp((q - 30) / 5)), "psnr": float(q)} for q in (25, 28, 31, 34, 37)]
     one = [{"bpp": 0.5 * float(np.exp((30 - 30) / 5)), "psnr": 30.0}]  # half the baseline's rate at 30 dB

@@ -3,7 +3,7 @@
 1. Every image of ``--data`` (Kodak by default) is compressed to a real ``.bsq`` file with the
    embedded tokenizer and prior and decompressed to a PNG; one line per image with bpp, PSNR and
    the seconds of each direction.
-2. The same images go through JPEG and WebP quality sweeps (:func:`bsqvit.codec.rd.run_rd`, which
+2. The same images go through JPEG and WebP quality sweeps (:func:`bsqvit.evaluation.rd.run_rd`, which
    also takes our measured points), giving ``rd.json``, ``rd.md`` (BD-rates) and ``rd.png``.
 3. The embedded generator draws a sample grid (``generated/grid.png``, a row per class).
 
@@ -18,19 +18,23 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
+
+from .codec.container import FORMAT_LIMITS
+from .codec.files import compress_file, decompress_file
+from .codec.prior import default_prior
+from .data.images import find_images
+from .evaluation.rd import Metrics, run_rd
+from .generate.model import MaskedTokenModel
+from .generate.train import generate_images, image_grid
+from .io import InputError, atomic_path, load_image, to_uint8
+from .models import BSQViT
+from .pretrained import default_dir, default_model_dir
 
 
 def run_demo(data: str, out: str | Path, limit: int | None = None, codecs=("jpeg", "webp"), gen_per_class: int = 4,
              lpips: bool = True, echo=print) -> dict:
-    from .codec.files import compress_file, decompress_file
-    from .codec.container import FORMAT_LIMITS
-    from .codec.prior import default_prior
-    from .codec.rd import Metrics, run_rd
-    from .data.images import find_images
-    from .io import InputError, load_image, to_uint8
-    from .models import BSQViT
-    from .pretrained import default_model_dir
-
     files = find_images(data)
     if limit is not None:
         files = files[:limit]
@@ -78,14 +82,10 @@ def run_demo(data: str, out: str | Path, limit: int | None = None, codecs=("jpeg
         v = r.get("bd_rate")
         echo(f"BD-rate vs {base}: {v:+.1f} % ({r.get('method')})" if v is not None else f"BD-rate vs {base}: n/a")
     result = {"items": len(per), "mean": mean, "bd_rate": report["bd_rate"], "per_item": per}
-    from .pretrained import default_dir
-
     gdir = default_dir("gen")
     if gdir is not None and gen_per_class > 0:
         result["generate_seconds"] = _sample_grid(gdir, model, out, gen_per_class, echo)
     result["seconds"] = time.time() - t_all
-    from .io import atomic_path
-
     with atomic_path(out / "demo.json") as tmp:
         Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
     echo(f"done in {result['seconds']:.0f} s -> {out} (bsq/, decoded/, rd.png, rd.md, rd.json, generated/grid.png)")
@@ -95,13 +95,6 @@ def run_demo(data: str, out: str | Path, limit: int | None = None, codecs=("jpeg
 def _sample_grid(gdir: Path, model, out: Path, gen_per_class: int, echo) -> float:
     """Draw ``gen_per_class`` samples per class with the embedded generator into
     ``out/generated/grid.png``; returns the seconds taken."""
-    import torch
-    from PIL import Image
-
-    from .generate.model import MaskedTokenModel
-    from .generate.train import generate_images, image_grid
-    from .io import atomic_path
-
     gen = MaskedTokenModel.from_pretrained(str(gdir)).eval()
     t0 = time.perf_counter()
     C = max(1, gen.config.num_classes)

@@ -15,8 +15,8 @@ from .. import pretrained
 from ..codec.api import CodecOptions
 from ..codec.files import compress_file, decompress_file, info, is_frames_dir, read_bsq
 from ..codec.container import FORMAT_LIMITS, Limits, read_container, short_id
-from ..codec.rd import run_rd
 from ..codec.train_prior import load_prior_train_config, train_prior
+from ..evaluation.rd import run_rd
 from ..io import InputError
 from .common import (
     PROG,

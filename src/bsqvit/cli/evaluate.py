@@ -1,5 +1,5 @@
 """``bsqvit eval / fid-stats / bench``: measuring a tokenizer (implementations:
-:mod:`bsqvit.evaluate`, :mod:`bsqvit.bench`)."""
+:mod:`bsqvit.evaluation.tokenizer`, :mod:`bsqvit.evaluation.bench`)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,10 @@ from pathlib import Path
 
 import torch
 
-from ..bench import bench, format_bench
-from ..evaluate import (
-    FID_CHOICES,
-    LPIPS_CHOICES,
-    RESIZE_CHOICES,
-    EvalConfig,
-    compute_reference_stats,
-    evaluate,
-    format_markdown,
-    write_json,
-)
+from ..evaluation.bench import bench, format_bench
+from ..evaluation.protocol import FID_CHOICES, LPIPS_CHOICES, RESIZE_CHOICES, EvalConfig
+from ..evaluation.results import format_markdown, write_json
+from ..evaluation.tokenizer import compute_reference_stats, evaluate
 from ..io import InputError, atomic_path
 from ..models import BSQViT
 from .common import add_model_args, check_output, model_files, resolve_model, setup_torch

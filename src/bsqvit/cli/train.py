@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..evaluation.ablation import run_ablation
 from ..train import load_train_config
-from ..train.ablate import run_ablation
 from ..train.trainer import train as run_training
 from .common import check_input
 

@@ -15,9 +15,12 @@ from pathlib import Path
 
 import torch
 
+from ..metrics.pixel import psnr, ssim
+from ..metrics.tokens import TokenStats
 from ..quantizers import QuantizerConfig
 from ..quantizers.base import bits_per_token
-from .config import TrainConfig
+from ..train.config import TrainConfig
+from ..train.trainer import Trainer
 
 # FSQ level sets from Mentzer et al. (2023), Table 1, plus 2^18 as six 8-level channels.
 FSQ_LEVELS = {
@@ -49,9 +52,7 @@ def quantizer_for(kind: str, bits: int, base: QuantizerConfig, vq_dim: int = 16)
 
 @torch.no_grad()
 def evaluate_tokenizer(model, loader, device) -> dict:
-    from ..metrics.pixel import psnr, ssim
-    from ..metrics.tokens import TokenStats
-
+    """PSNR, SSIM (means over images) and token statistics of ``model`` on ``loader``'s batches."""
     q = model.quantizer
     binary = hasattr(q, "group_size")
     stats = TokenStats(q.bits, binary=binary, group_size=getattr(q, "group_size", None), codebook_size=q.codebook_size)
@@ -79,8 +80,8 @@ def evaluate_tokenizer(model, loader, device) -> dict:
 
 def run_ablation(cfg: TrainConfig, output_dir, bits: int | None = None, kinds=("bsq", "lfq", "vq", "fsq"),
                  max_steps: int | None = None, progress: bool = True) -> list[dict]:
-    from .trainer import Trainer
-
+    """Train and evaluate the tokenizer of ``cfg`` once per quantizer kind in ``output_dir/<kind>``;
+    writes ``ablation.json`` and ``ablation.md`` there and returns the rows."""
     out = Path(output_dir)
     bits = bits or cfg.model.quantizer.dim
     rows = []

@@ -23,6 +23,7 @@ import time
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["bench", "format_bench", "time_call", "gemm_flops_per_s"]
 
@@ -62,8 +63,6 @@ def gemm_flops_per_s(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 
     Computed as ``F.linear(a, w)`` with ``w`` stored (n, k), i.e. with the kernel and weight layout
     of the model's ``nn.Linear`` layers (on CPUs without native bf16, ``torch.mm`` with a (k, n)
     bf16 operand takes a much slower path)."""
-    import torch.nn.functional as F
-
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(m, k, generator=g).to(device=device, dtype=dtype)
     w = torch.randn(n, k, generator=g).to(device=device, dtype=dtype)
@@ -84,15 +83,13 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-@torch.no_grad()
-def bench(model, resolution: int | None = None, batch: int = 1, dtype: str = "fp32", frames: int | None = None,
-          repeats: int = 5, warmup: int = 1, device: str = "cpu", seed: int = 0, model_name: str = "") -> dict:
-    """Benchmark ``model``; returns a dict (see :func:`format_bench`)."""
+def _check_args(cfg, resolution: int | None, batch: int, dtype: str, frames: int | None, repeats: int,
+                warmup: int) -> tuple[int, int]:
+    """(resolution, frames per clip) of the run; ValueError on a setting the model cannot take."""
     if dtype not in ("fp32", "bf16"):
         raise ValueError(f"--dtype must be fp32 or bf16, got {dtype!r}")
     if batch < 1 or repeats < 1 or warmup < 0:
         raise ValueError("--batch and --repeats must be >= 1, --warmup >= 0")
-    cfg = model.config
     R = resolution or int(cfg.image_size[0])
     if R < 1:
         raise ValueError(f"--resolution must be >= 1, got {R}")
@@ -103,6 +100,30 @@ def bench(model, resolution: int | None = None, batch: int = 1, dtype: str = "fp
         raise ValueError(f"this is an image model (num_frames = 1); --frames {T} needs a video model")
     if T > cfg.num_frames:
         raise ValueError(f"--frames {T} exceeds the model's maximum of {cfg.num_frames}")
+    return R, T
+
+
+def _stage(t: dict, flops_per_item: float, batch: int, T: int, gemm: dict) -> dict:
+    """One stage's row: throughput and achieved FLOP/s from its timing ``t``."""
+    s = t["median_s"]
+    achieved = flops_per_item * batch / s
+    return {
+        "seconds_per_batch": s,
+        "items_per_s": batch / s,
+        "frames_per_s": batch * T / s,
+        "flops_per_item": flops_per_item,
+        "achieved_flops_per_s": achieved,
+        "fraction_of_gemm": achieved / gemm["flops_per_s"],
+        "timing": t,
+    }
+
+
+@torch.no_grad()
+def bench(model, resolution: int | None = None, batch: int = 1, dtype: str = "fp32", frames: int | None = None,
+          repeats: int = 5, warmup: int = 1, device: str = "cpu", seed: int = 0, model_name: str = "") -> dict:
+    """Benchmark ``model``; returns a dict (see :func:`format_bench`)."""
+    cfg = model.config
+    R, T = _check_args(cfg, resolution, batch, dtype, frames, repeats, warmup)
     dev = torch.device(device)
     model = model.to(dev).eval()
     amp = dtype == "bf16"
@@ -120,21 +141,8 @@ def bench(model, resolution: int | None = None, batch: int = 1, dtype: str = "fp
     tokens = batch * T * math.ceil(R / p) * math.ceil(R / p)
     D = cfg.width
     gemm = gemm_flops_per_s(tokens, D, 4 * D, torch.bfloat16 if amp else torch.float32, repeats, warmup, dev, seed)
-
-    stages = {}
-    for name, t, f in (("encode", t_enc, fl["encode"]), ("decode", t_dec, fl["decode"]),
-                       ("encode+decode", t_both, fl["total"])):
-        s = t["median_s"]
-        achieved = f * batch / s
-        stages[name] = {
-            "seconds_per_batch": s,
-            "items_per_s": batch / s,
-            "frames_per_s": batch * T / s,
-            "flops_per_item": f,
-            "achieved_flops_per_s": achieved,
-            "fraction_of_gemm": achieved / gemm["flops_per_s"],
-            "timing": t,
-        }
+    stages = {name: _stage(t, f, batch, T, gemm) for name, t, f in (
+        ("encode", t_enc, fl["encode"]), ("decode", t_dec, fl["decode"]), ("encode+decode", t_both, fl["total"]))}
     return {
         "model": model_name,
         "parameters": model.num_parameters(),

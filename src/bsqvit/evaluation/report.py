@@ -14,8 +14,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .io import VideoWriter, atomic_path
-from .io.grid import grid_layout, tile
+from ..io import VideoWriter, atomic_path
+from ..io.grid import grid_layout, tile
 
 __all__ = ["error_map", "image_grid", "frame_strip", "side_by_side_video", "ERROR_GAIN"]
 
@@ -28,7 +28,7 @@ _INFERNO = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [25
 def _colormap(v: np.ndarray) -> np.ndarray:
     """Values in [0, 1] -> uint8 RGB (..., 3)."""
     try:
-        from matplotlib import colormaps
+        from matplotlib import colormaps  # optional and heavy: imported only when a report is drawn
 
         return (colormaps["inferno"](v)[..., :3] * 255 + 0.5).astype(np.uint8)
     except Exception:  # noqa: BLE001 - matplotlib is optional
