@@ -2,9 +2,10 @@
 
 Its ``checkpoint.pt`` holds ``state_dict`` (keys prefixed ``module.``), ``ema_state_dict``
 (prefixed ``module.module.``), optimizer states and ``config``, a pickled OmegaConf object.
-We load it with ``torch.load(weights_only=True)`` and an explicit allowlist of the OmegaConf
-container classes, so no arbitrary code is unpickled. The config may also come from the
-reference's YAML file (``configs/tokenizer/*.yaml``).
+We read it as plain data (:mod:`.reference_pickle`): tensors with ``weights_only=True``, the
+config through inert stand-ins for OmegaConf's classes, under OmegaConf 2.3, 2.4 or none, and
+nothing in the file is imported or called. The config may also come from the reference's YAML
+file (``configs/tokenizer/*.yaml``).
 
 Differences we deliberately do not reproduce: the reference casts its boolean block-causal
 mask to float (an additive +1 instead of -inf, so no masking at all); we build a real mask.
@@ -16,10 +17,12 @@ import re
 from pathlib import Path
 
 import torch
+import yaml
 
 from ..config import ConfigError, from_dict
 from .config import BSQViTConfig
 from .io import ModelLoadError, load_state_dict_checked
+from .reference_pickle import load_reference_checkpoint
 
 # (reference pattern, ours); applied to keys without the DDP prefix
 _RULES = [
@@ -178,37 +181,10 @@ def _quantizer_config(params: dict) -> dict:
 
 
 # ---- safe checkpoint loading --------------------------------------------------------------------
-def _omegaconf_allowlist() -> list:
-    """The classes a pickled OmegaConf config is made of, and nothing that can run code."""
-    try:
-        from omegaconf import base, dictconfig, listconfig, nodes
-    except ImportError:
-        return []
-    import collections
-    import typing
-
-    return [
-        dictconfig.DictConfig, listconfig.ListConfig, base.ContainerMetadata, base.Metadata,
-        nodes.AnyNode, nodes.StringNode, nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode,
-        typing.Any, dict, list, collections.defaultdict, int, float, str, bool, type(None),
-    ]
-
-
 def read_checkpoint(path: str | Path) -> dict:
-    """``torch.load(weights_only=True)`` with the OmegaConf allowlist; never unpickles code."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"checkpoint not found: {path}")
-    try:
-        with torch.serialization.safe_globals(_omegaconf_allowlist()):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for disallowed globals, zip errors, ...
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        hint = " (install omegaconf to read its embedded config: pip install omegaconf)" if "omegaconf" in str(e) else ""
-        raise ModelLoadError(f"{path}: cannot be read safely: {msg}{hint}") from None
-    if not isinstance(ckpt, dict):
-        raise ModelLoadError(f"{path}: not a reference checkpoint (top level is {type(ckpt).__name__})")
-    return ckpt
+    """The checkpoint as plain data: tensors by ``weights_only=True``, the OmegaConf config by
+    inert stand-ins (:mod:`.reference_pickle`); OmegaConf is never imported, nothing is called."""
+    return load_reference_checkpoint(path)
 
 
 def extract_state_dict(ckpt: dict, use_ema: bool = True) -> tuple[dict, str]:
@@ -225,8 +201,6 @@ def extract_state_dict(ckpt: dict, use_ema: bool = True) -> tuple[dict, str]:
 
 
 def load_official(cls, checkpoint_path, config_path=None, use_ema: bool = True):
-    import yaml
-
     ckpt = read_checkpoint(checkpoint_path)
     if config_path is not None:
         p = Path(config_path)
@@ -234,7 +208,7 @@ def load_official(cls, checkpoint_path, config_path=None, use_ema: bool = True):
             raise ModelLoadError(f"config not found: {p}")
         ref_cfg = yaml.safe_load(p.read_text())
     elif ckpt.get("config") is not None:
-        ref_cfg = _as_plain(ckpt["config"])
+        ref_cfg = ckpt["config"]
     else:
         raise ModelLoadError(f"{checkpoint_path} holds no config; pass config_path (configs/tokenizer/*.yaml)")
     config = config_from_reference(ref_cfg)
