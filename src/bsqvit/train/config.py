@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from ..config import ConfigError, from_dict, load_yaml, parse_overrides, set_by_path, to_dict
 from ..data import DataConfig
 from ..models.bsqvit import BSQViTConfig
+from ..models.presets import get_preset
 from .discriminator import DiscriminatorConfig
 
 
@@ -105,8 +106,6 @@ def load_train_config(path, overrides: list[str] | None = None, cls=TrainConfig)
         set_by_path(data, key, value)
     preset = data.get("preset")
     if preset:
-        from ..models.presets import get_preset
-
         try:
             base = to_dict(get_preset(preset))
         except KeyError as e:

@@ -88,6 +88,51 @@ def average_gradients(module: torch.nn.Module) -> None:
         offset += n
 
 
+def wrap_fsdp(model: torch.nn.Module, blocks) -> torch.nn.Module:
+    """Shard every block of ``blocks``, then the model (FSDP2, in place)."""
+    from torch.distributed.fsdp import fully_shard  # lazy: only multi-process FSDP runs need it
+
+    for blk in blocks:
+        fully_shard(blk)
+    fully_shard(model)
+    return model
+
+
+def full_model_state(module: torch.nn.Module, fsdp: bool) -> dict:
+    """The whole (unsharded, on CPU under FSDP) state dict of ``module``."""
+    if not fsdp:
+        return module.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # lazy: FSDP only
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optim_state(module: torch.nn.Module, opt: torch.optim.Optimizer, fsdp: bool) -> dict:
+    if not fsdp:
+        return opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict  # lazy: FSDP only
+
+    return get_optimizer_state_dict(module, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state(module: torch.nn.Module, opt: torch.optim.Optimizer, model_state: dict, optim_state: dict,
+                    fsdp: bool) -> None:
+    """Load what :func:`full_model_state` / :func:`full_optim_state` returned."""
+    if not fsdp:
+        module.load_state_dict(model_state)
+        opt.load_state_dict(optim_state)
+        return
+    from torch.distributed.checkpoint.state_dict import (  # lazy: FSDP only
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    opts = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(module, model_state, options=opts)
+    set_optimizer_state_dict(module, opt, optim_state, options=opts)
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
