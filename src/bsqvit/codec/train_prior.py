@@ -6,10 +6,11 @@
    file list, crop settings). Video sources (``data.video``) give pairs of consecutive frames
    (same crop) for priors conditioned on the previous frame. A fraction of the crops is held out
    for validation.
-2. **Training.** AdamW, linear warm-up then half-cosine (:func:`bsqvit.train.trainer.warmup_cosine`),
-   gradient clipping, crash-safe checkpoints (:mod:`bsqvit.train.checkpoint`: ``checkpoints/last``
-   is valid at every instant, ``--resume`` continues bit-exactly on CPU since batches are a
-   function of (seed, step)), tqdm, TensorBoard (``tb/``), ``log.jsonl`` / ``eval.jsonl``.
+2. **Training** (:class:`PriorTrainer`, a specialisation of :class:`bsqvit.train.loop.SingleModelLoop`).
+   AdamW, linear warm-up then half-cosine (:func:`bsqvit.train.optim.warmup_cosine`), gradient
+   clipping, crash-safe checkpoints (:mod:`bsqvit.train.checkpoint`: ``checkpoints/last`` is
+   valid at every instant, ``--resume`` continues bit-exactly on CPU since batches are a function
+   of (seed, step)), tqdm, TensorBoard (``tb/``), ``log.jsonl`` / ``eval.jsonl``.
    The loss is the negative log2-likelihood in bits per token. ``ar``: every position, teacher
    forced. ``parallel``: each item of a batch is assigned one pass ``s`` of the fixed schedule
    and trained on exactly what the coder will do at that pass (positions of pass ``s`` given
@@ -25,18 +26,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
 
 from ..config import ConfigError, from_dict, load_yaml, parse_overrides, set_by_path, to_dict
-from ..io import InputError, to_rgb
+from ..data.images import find_images
+from ..io import InputError, atomic_path, from_uint8, is_video_path, iter_video_frames, to_rgb
+from ..models import BSQViT
 from ..models.frames import encode_frames
 from ..quantizers.base import index_bits
+from ..train import checkpoint as ckpt
+from ..train.loop import SingleModelLoop, step_generator
 from .prior import PriorConfig, TokenPrior
 
 log = logging.getLogger("bsqvit.codec.train_prior")
@@ -107,8 +112,6 @@ def _crop_positions(seed: int, index: int, n: int, H: int, W: int, crop: int) ->
 
 def _encode_batches(model, crops: list[np.ndarray], batch: int) -> np.ndarray:
     """uint8 crops (H, W, 3) or clips (T, H, W, 3) -> int64 tokens."""
-    from ..io import from_uint8
-
     out = []
     for i in range(0, len(crops), batch):
         chunk = crops[i : i + batch]
@@ -121,8 +124,6 @@ def _encode_batches(model, crops: list[np.ndarray], batch: int) -> np.ndarray:
 
 
 def _video_sources(paths: list[str]) -> list[Path]:
-    from ..io import is_video_path
-
     out = []
     for p in map(Path, paths):
         if p.is_file() and is_video_path(p):
@@ -141,11 +142,6 @@ def _video_sources(paths: list[str]) -> list[Path]:
 
 
 def _iter_source_frames(src: Path):
-    from PIL import Image
-
-    from ..data.images import find_images
-    from ..io import iter_video_frames
-
     if src.is_dir():
         for f in find_images(src):
             with Image.open(f) as im:
@@ -175,11 +171,6 @@ def _video_pairs(src: Path, pairs: int, stride: int, crop: int, seed: int, j: in
 
 def extract_tokens(model, cfg: PriorTrainConfig, cache_dir: Path, progress: bool = True) -> dict:
     """Tokens of the training crops, cached: ``{"images": (N, h, w), "pairs": (M, 2, h, w)}``."""
-    from PIL import Image
-    from tqdm import tqdm
-
-    from ..data.images import find_images
-
     d = cfg.data
     p = model.patch_size
     if d.crop % p:
@@ -229,8 +220,6 @@ def extract_tokens(model, cfg: PriorTrainConfig, cache_dir: Path, progress: bool
             pairs.append(_encode_batches(model, clips, d.encode_batch).reshape(-1, 2, g, g))
     pair_tokens = np.concatenate(pairs) if pairs else np.zeros((0, 2, g, g), np.int64)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    from ..io import atomic_path
-
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, images=img_tokens, pairs=pair_tokens)
@@ -290,125 +279,98 @@ def _windows(tokens: np.ndarray, idx: np.ndarray, tile, gen: torch.Generator) ->
     return np.stack(out)
 
 
+class PriorTrainer(SingleModelLoop):
+    """The token prior's specialisation of the training loop: a batch of tile windows (of images,
+    or of pairs of consecutive video frames) per step, a function of (seed, step)."""
+
+    desc = "train-prior"
+    model_key = "prior"
+
+    def __init__(self, cfg: PriorTrainConfig, prior: TokenPrior, toks: dict, raw_bits: int, output_dir,
+                 max_steps: int | None = None, progress: bool = True):
+        super().__init__(cfg, output_dir, prior, max_steps=max_steps, progress=progress)
+        self.images, self.pairs = toks["images"], toks["pairs"]
+        self.raw_bits = raw_bits
+        self.tr_i, va_i = split_val(len(self.images), cfg.data.val_fraction, cfg.seed)
+        self.tr_p, va_p = split_val(len(self.pairs), cfg.data.val_fraction, cfg.seed)
+        if len(self.tr_i) + len(self.tr_p) == 0:
+            raise ConfigError("no training crops left after the validation split")
+        th, tw = prior.config.tile
+        self.val_sets = []
+        if len(va_i):
+            self.val_sets.append(("images", torch.from_numpy(self.images[va_i][..., :th, :tw]), None))
+        if len(va_p):
+            vp = torch.from_numpy(self.pairs[va_p][..., :th, :tw])
+            self.val_sets.append(("video", vp[:, 1], vp[:, 0]))
+
+    def next_batch(self):
+        cfg, tile = self.cfg, self.model.config.tile
+        gen = step_generator(cfg.seed, self.step)
+        tr_i, tr_p = self.tr_i, self.tr_p
+        use_video = len(tr_p) > 0 and (len(tr_i) == 0 or float(torch.rand((), generator=gen)) < cfg.data.video_fraction)
+        if use_video:
+            sel = tr_p[torch.randint(0, len(tr_p), (cfg.batch_size,), generator=gen).numpy()]
+            w = torch.from_numpy(_windows(self.pairs, sel, tile, gen))
+            return w[:, 1], w[:, 0], True
+        sel = tr_i[torch.randint(0, len(tr_i), (cfg.batch_size,), generator=gen).numpy()]
+        return torch.from_numpy(_windows(self.images, sel, tile, gen)), None, False
+
+    def train_step(self, batch) -> dict:
+        tokens, prev, video = batch
+        loss = prior_loss(self.model, tokens, prev, self.step)
+        grad_norm = self.optimizer_step(loss)
+        return {"bits_per_token": loss.item(), "grad_norm": grad_norm, "video": video}
+
+    def format_log(self, logs: dict, elapsed: float) -> tuple[dict, dict, dict]:
+        lv = logs["bits_per_token"]
+        record = {"bits_per_token": round(lv, 5), "lr": self.lr, "grad_norm": round(logs["grad_norm"], 4),
+                  "video": logs["video"], "s_per_step": round(elapsed / self.cfg.log_every, 4)}
+        return record, {"bits_per_token": lv, "lr": record["lr"]}, {"bits": f"{lv:.3f}"}
+
+    def on_fit_start(self) -> None:
+        self.model.train()
+
+    def evaluate(self) -> dict:
+        """Expected code length of the validation tiles; exports ``OUTPUT_DIR/prior``."""
+        self.model.eval()
+        res = {f"val_{name}_bits_per_token": expected_bits(self.model, t, pv) for name, t, pv in self.val_sets}
+        self.model.train()
+        if res:
+            res["val_bits_per_token"] = float(np.mean(list(res.values())))
+        rec = {"step": self.step, "raw_bits": self.raw_bits, **res}
+        self.log_eval(rec, res)
+        ckpt.export_model(self.model, self.out / "prior")
+        return rec
+
+
+def _prior_config(cfg: PriorTrainConfig, model: BSQViT) -> PriorConfig:
+    """``cfg.prior`` completed with the tokenizer's bits and hash; checks the crop against the tile."""
+    pc = from_dict(PriorConfig, {**to_dict(cfg.prior), "bits": index_bits(model.quantizer.codebook_size),
+                                 "tokenizer_hash": model.weights_hash()})
+    g = cfg.data.crop // model.patch_size
+    if g < max(pc.tile):
+        raise ConfigError(f"data.crop {cfg.data.crop} gives {g}x{g} tokens, smaller than the tile {pc.tile}")
+    return pc
+
+
 def train_prior(cfg: PriorTrainConfig, tokenizer_dir, output_dir, resume: bool = False,
                 max_steps: int | None = None, progress: bool = True) -> dict:
-    from tqdm import tqdm
-
-    from ..models import BSQViT
-    from ..train import checkpoint as ckpt
-    from ..train.trainer import adamw_warmup_cosine, tensorboard_writer
-
     out = Path(output_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model = BSQViT.from_pretrained(str(tokenizer_dir)).eval()
-    L = index_bits(model.quantizer.codebook_size)
-    pc = from_dict(PriorConfig, {**to_dict(cfg.prior), "bits": L, "tokenizer_hash": model.weights_hash()})
-    th, tw = pc.tile
-    g = cfg.data.crop // model.patch_size
-    if g < max(th, tw):
-        raise ConfigError(f"data.crop {cfg.data.crop} gives {g}x{g} tokens, smaller than the tile {pc.tile}")
+    pc = _prior_config(cfg, model)
     out.mkdir(parents=True, exist_ok=True)
     toks = extract_tokens(model, cfg, out / "tokens", progress=progress)
     del model
-    images, pairs = toks["images"], toks["pairs"]
-    if len(images) + len(pairs) == 0:
+    if len(toks["images"]) + len(toks["pairs"]) == 0:
         raise ConfigError("no training crops (images smaller than data.crop, or no files)")
-    if len(pairs) and not pc.video:
+    if len(toks["pairs"]) and not pc.video:
         raise ConfigError("data.video is set but prior.video is false")
-    tr_i, va_i = split_val(len(images), cfg.data.val_fraction, cfg.seed)
-    tr_p, va_p = split_val(len(pairs), cfg.data.val_fraction, cfg.seed)
-    if len(tr_i) + len(tr_p) == 0:
-        raise ConfigError("no training crops left after the validation split")
-
     torch.manual_seed(cfg.seed)
-    prior = TokenPrior(pc)
-    o = cfg.optim
-    opt, sched = adamw_warmup_cosine(prior, o, cfg.steps)
-    step = 0
-    ckpt_dir = out / "checkpoints"
+    trainer = PriorTrainer(cfg, TokenPrior(pc), toks, pc.bits, out, max_steps=max_steps, progress=progress)
     if resume:
-        last = ckpt.find_last(ckpt_dir)
-        if last is None:
-            raise ConfigError(f"--resume: no checkpoint in {ckpt_dir}")
-        state = ckpt.load_checkpoint(last)
-        prior.load_state_dict(state["prior"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-        ckpt.set_rng_state(state["rng"])
+        trainer.resume()
     (out / "config.json").write_text(json.dumps({**to_dict(cfg), "prior": to_dict(pc),
                                                  "tokenizer": str(tokenizer_dir)}, indent=2, sort_keys=True))
-    writer = tensorboard_writer(out / "tb")
-
-    val_sets = []
-    if len(va_i):
-        val_sets.append(("images", torch.from_numpy(images[va_i][..., :th, :tw]), None))
-    if len(va_p):
-        vp = torch.from_numpy(pairs[va_p][..., :th, :tw])
-        val_sets.append(("video", vp[:, 1], vp[:, 0]))
-
-    def evaluate() -> dict:
-        prior.eval()
-        res = {f"val_{name}_bits_per_token": expected_bits(prior, t, pv) for name, t, pv in val_sets}
-        prior.train()
-        if res:
-            res["val_bits_per_token"] = float(np.mean(list(res.values())))
-        rec = {"step": step, "raw_bits": L, **res}
-        with open(out / "eval.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        if writer:
-            for k, v in res.items():
-                writer.add_scalar(f"eval/{k}", v, step)
-        ckpt.export_model(prior, out / "prior")
-        return rec
-
-    stop = min(cfg.steps, max_steps) if max_steps is not None else cfg.steps
-    prior.train()
-    bar = tqdm(total=stop, initial=step, disable=not progress, dynamic_ncols=True, desc="train-prior")
-    last_eval: dict = {"step": step, "raw_bits": L}
-    t_last = time.time()
-    while step < stop:
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        use_video = len(tr_p) > 0 and (len(tr_i) == 0 or float(torch.rand((), generator=gen)) < cfg.data.video_fraction)
-        if use_video:
-            sel = tr_p[torch.randint(0, len(tr_p), (cfg.batch_size,), generator=gen).numpy()]
-            w = torch.from_numpy(_windows(pairs, sel, pc.tile, gen))
-            tokens, prev = w[:, 1], w[:, 0]
-        else:
-            sel = tr_i[torch.randint(0, len(tr_i), (cfg.batch_size,), generator=gen).numpy()]
-            tokens, prev = torch.from_numpy(_windows(images, sel, pc.tile, gen)), None
-        loss = prior_loss(prior, tokens, prev, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(prior.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf"))
-        opt.step()
-        sched.step()
-        step += 1
-        lv = loss.item()
-        if not math.isfinite(lv):
-            raise FloatingPointError(f"non-finite loss at step {step}")
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == stop:
-            dt = time.time() - t_last
-            t_last = time.time()
-            rec = {"step": step, "bits_per_token": round(lv, 5), "lr": sched.get_last_lr()[0],
-                   "grad_norm": round(float(gnorm), 4), "video": bool(use_video),
-                   "s_per_step": round(dt / cfg.log_every, 4)}
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            if writer:
-                writer.add_scalar("train/bits_per_token", lv, step)
-                writer.add_scalar("train/lr", rec["lr"], step)
-            bar.set_postfix(bits=f"{lv:.3f}")
-        if cfg.checkpoint_every > 0 and (step % cfg.checkpoint_every == 0 or step == stop):
-            ckpt.save_checkpoint({"prior": prior.state_dict(), "optimizer": opt.state_dict(),
-                                  "scheduler": sched.state_dict(), "step": step, "rng": ckpt.rng_state()},
-                                 ckpt_dir, step, keep=cfg.keep_checkpoints)
-        if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step != stop:
-            last_eval = evaluate()
-    bar.close()
-    last_eval = evaluate()
-    if writer:
-        writer.close()
-    return last_eval
+    return trainer.fit()
