@@ -22,6 +22,7 @@ from ..codec.prior import TokenPrior, default_prior
 from ..config import ConfigError
 from ..generate.model import MaskedTokenModel
 from ..io import InputError, VideoWriter, is_video_path, one_line
+from ..io.image import MAX_PIXELS
 from ..models import BSQViT
 from ..models.io import ModelLoadError
 
@@ -99,6 +100,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
 
 
+def add_input_args(p: argparse.ArgumentParser) -> None:
+    """Bounds on what is read from an input image or video."""
+    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="video: only the first N frames")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
+                   help=f"refuse images and video frames of more than N pixels, from the header "
+                        f"(default {MAX_PIXELS:,} = {MAX_PIXELS / 1e6:g} MP)")
+
+
 def add_video_out_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crf", type=int, default=18, help="H.264 CRF of video outputs (default 18)")
     p.add_argument("--lossless", action="store_true", help="lossless RGB video output (libx264rgb CRF 0)")
@@ -113,6 +122,8 @@ def setup_torch(args) -> None:
 
     if getattr(args, "max_frames", None) is not None and args.max_frames < 1:
         raise InputError(f"--max-frames must be >= 1, got {args.max_frames}")
+    if getattr(args, "max_pixels", None) is not None and args.max_pixels < 1:
+        raise InputError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if getattr(args, "threads", None) is not None:
         if args.threads < 1:
             raise InputError(f"--threads must be >= 1, got {args.threads}")

@@ -29,6 +29,7 @@ from ..models import BSQViT, get_preset, preset_names
 from ..models.frames import chunks, decode_frames, encode_frames, video_chunk
 from .common import (
     PROG,
+    add_input_args,
     add_model_args,
     add_video_out_args,
     check_input,
@@ -56,7 +57,7 @@ def add_reconstruct(sub) -> None:
     p.add_argument("input", metavar="IN")
     p.add_argument("output", metavar="OUT")
     add_model_args(p)
-    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="video: only the first N frames")
+    add_input_args(p)
     add_video_out_args(p)
     p.set_defaults(func=cmd_reconstruct)
 
@@ -70,7 +71,7 @@ def cmd_reconstruct(args) -> int:
     bits = float(model.bits_per_token)
     t0 = time.perf_counter()
     if not video:
-        x = load_image(inp)
+        x = load_image(inp, max_pixels=args.max_pixels)
         H, W = x.shape[-2:]
         idx = model.encode(x[None], amp=args.amp)
         rec = model.decode(idx, size=(H, W), amp=args.amp)[0]
@@ -80,12 +81,12 @@ def cmd_reconstruct(args) -> int:
         save_image(rec, out)
         tokens, pixels, kind = idx[0].numel(), H * W, f"image {W}x{H}"
     else:
-        info = video_info(inp)
+        info = video_info(inp, max_pixels=args.max_pixels)
         n = video_chunk(model)
         sse, count, tokens, T = 0.0, 0, 0, 0
         H, W = info["height"], info["width"]
         with video_writer(out, info["fps"], args) as writer:
-            for frames in chunks(iter_video_frames(inp, max_frames=args.max_frames), n):
+            for frames in chunks(iter_video_frames(inp, max_frames=args.max_frames, max_pixels=args.max_pixels), n):
                 x = from_uint8(frames)
                 idx = encode_frames(model, x, amp=args.amp)
                 rec8 = to_uint8(decode_frames(model, idx, (H, W), amp=args.amp))
@@ -107,7 +108,7 @@ def add_tokenize(sub) -> None:
     p.add_argument("input", metavar="IN")
     p.add_argument("output", metavar="OUT.npz")
     add_model_args(p)
-    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="video: only the first N frames")
+    add_input_args(p)
     p.set_defaults(func=cmd_tokenize)
 
 
@@ -120,15 +121,15 @@ def cmd_tokenize(args) -> int:
     model = resolve_model(args.model)
     t0 = time.perf_counter()
     if not video:
-        x = load_image(inp)
+        x = load_image(inp, max_pixels=args.max_pixels)
         H, W = x.shape[-2:]
         indices = model.encode(x[None], amp=args.amp)[0]
         frames, fps = 0, 0.0
     else:
-        info = video_info(inp)
+        info = video_info(inp, max_pixels=args.max_pixels)
         H, W, fps = info["height"], info["width"], info["fps"]
         parts = [encode_frames(model, from_uint8(f), amp=args.amp)
-                 for f in chunks(iter_video_frames(inp, max_frames=args.max_frames), video_chunk(model))]
+                 for f in chunks(iter_video_frames(inp, max_frames=args.max_frames, max_pixels=args.max_pixels), video_chunk(model))]
         indices = np.concatenate([p.numpy() for p in parts]) if parts else None
         if indices is None:
             raise InputError(f"{inp}: no frames selected")

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from PIL import Image, ImageFile, ImageOps
 
-from ..io.image import IMAGE_SUFFIXES, to_rgb
+from ..io.image import IMAGE_SUFFIXES, open_checked, to_rgb
 from .transforms import ImageTransform, sample_generator, to_tensor
 
 __all__ = [
@@ -60,7 +60,7 @@ def open_rgb(src: str | os.PathLike | Any, transform: ImageTransform | None = No
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # EXIF / DecompressionBomb / palette warnings
-        img = Image.open(src)
+        img = open_checked(src)  # refused over the pixel limit, before decoding
         w, h = img.size
         if transform is not None:
             transform.draft(img)

@@ -12,11 +12,16 @@ Conversion rules of :func:`load_image` (every Pillow-readable format):
   Pillow's own convention (0..255 scale, clipped). Grayscale is replicated to 3 channels.
 * Everything else (1, L, P, CMYK, YCbCr, LAB, HSV, RGBX, ...) goes through Pillow's
   ``convert("RGB")``. Embedded ICC profiles are not applied (CMYK conversion is Pillow's naive one).
+
+Size limit: an image (or a video frame, :mod:`.video`) of more than ``max_pixels`` pixels,
+:data:`MAX_PIXELS` (64 MP) by default, is refused from its header, before anything is decoded.
+Pillow's own decompression-bomb warning is silenced: this limit is the one that applies.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +39,8 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset({
     ".j2c", ".jpc", ".jpf", ".jpx", ".ico", ".sgi", ".rgb", ".rgba", ".bw", ".pcx", ".mpo",
     ".dds", ".icns", ".im", ".msp", ".ras", ".xbm", ".xpm", ".blp", ".ftc", ".ftu",
 })
+
+MAX_PIXELS = 64_000_000  # default limit on the pixels of an input image or video frame (64 MP)
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
@@ -108,17 +115,49 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return Image.fromarray(a, "RGB")
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """Read an image file -> float32 tensor (3, H, W) in [-1, 1]. Raises :class:`InputError`."""
+def check_pixels(path, width: int, height: int, max_pixels: int | None = MAX_PIXELS) -> None:
+    """Refuse a ``width x height`` picture over ``max_pixels`` (None: no limit) with one line."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise InputError(f"{path}: {width}x{height} = {width * height:,} pixels, over the limit of "
+                         f"{max_pixels:,} (raise it with --max-pixels)")
+
+
+def open_checked(src, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """``Image.open(src)`` (lazy: only the header is read), refused over ``max_pixels``.
+
+    This limit replaces Pillow's decompression-bomb check, which warns above about 89 MP and
+    raises above twice that before the size can be checked here.
+    """
+    old = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = None
+            img = Image.open(src)
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+    try:
+        check_pixels(getattr(src, "name", src), img.width, img.height, max_pixels)
+    except InputError:
+        img.close()
+        raise
+    return img
+
+
+def load_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> torch.Tensor:
+    """Read an image file -> float32 tensor (3, H, W) in [-1, 1]. Raises :class:`InputError`,
+    also for an image over ``max_pixels`` (checked from the header, before decoding)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
     try:
-        with Image.open(path) as img:
+        with open_checked(path, max_pixels) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
             rgb = to_rgb01(img)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
+        if isinstance(e, InputError):
+            raise
         reason = "not a recognised image format" if isinstance(e, UnidentifiedImageError) else one_line(e)
         raise InputError(f"{path}: cannot read image ({reason})") from None
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:

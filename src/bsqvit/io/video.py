@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .files import InputError, commit_temp, discard_temp, one_line, temp_path_for
-from .image import from_uint8, to_uint8
+from .image import MAX_PIXELS, check_pixels, from_uint8, to_uint8
 
 # The one table of video suffixes (containers and raw streams PyAV/FFmpeg reads); which of them
 # can be *written* is WRITE_CONTAINERS. ``.gif`` is an image here (it is read by Pillow).
@@ -74,14 +74,15 @@ def _fps(container, stream) -> float:
     return value if 0 < value < 1000 else DEFAULT_FPS
 
 
-def video_info(path: str | os.PathLike) -> dict:
+def video_info(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> dict:
     """``{width, height, fps, frames, codec, format}`` of the first video stream.
 
     Width and height come from the first decoded frame (container headers can disagree);
-    ``frames`` is the header's count, ``None`` where there is none (raw streams).
+    ``frames`` is the header's count, ``None`` where there is none (raw streams). Frames over
+    ``max_pixels`` are refused (see :func:`iter_video_frames`).
     """
     path = Path(path)
-    first = next(iter_video_frames(path, max_frames=1), None)
+    first = next(iter_video_frames(path, max_frames=1, max_pixels=max_pixels), None)
     if first is None:
         raise InputError(f"{path}: contains no decodable video frames")
     with _open(path) as container:
@@ -97,13 +98,16 @@ def video_info(path: str | os.PathLike) -> dict:
 
 
 def iter_video_frames(
-    path: str | os.PathLike, start: int = 0, stride: int = 1, max_frames: int | None = None
+    path: str | os.PathLike, start: int = 0, stride: int = 1, max_frames: int | None = None,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> Iterator[np.ndarray]:
     """Decode frames lazily: yields uint8 ``(H, W, 3)`` RGB arrays.
 
     Frames ``start, start + stride, ...`` (0-based decode order), at most ``max_frames`` of them.
     Skipped frames are still decoded (exact, no seeking). Raises :class:`InputError` for an
-    unreadable file, a stream with no decodable frame, or a frame size that changes mid-stream.
+    unreadable file, a stream with no decodable frame, a frame size that changes mid-stream, or
+    frames over ``max_pixels`` (from the stream header before decoding, and from every frame
+    before it is converted).
     """
     import av
 
@@ -116,11 +120,13 @@ def iter_video_frames(
         return
     with container:
         stream = container.streams.video[0]
+        check_pixels(path, stream.codec_context.width or 0, stream.codec_context.height or 0, max_pixels)
         stream.thread_type = "AUTO"
         i, n_out, size = -1, 0, None
         try:
             for frame in container.decode(stream):
                 i += 1
+                check_pixels(path, frame.width, frame.height, max_pixels)
                 if i < start or (i - start) % stride:
                     continue
                 a = frame.to_ndarray(format="rgb24")
