@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "bsqvit"
 
 # lowest first; a module may import its own layer and those below it
 LAYERS = [
-    ["version", "config", "io"],
+    ["version", "config", "extras", "io"],
     ["quantizers", "nn", "nets", "data"],
     ["models", "metrics", "pretrained"],
     ["train"],

@@ -20,6 +20,7 @@ from typing import Iterable
 from .. import pretrained
 from ..codec.prior import TokenPrior, default_prior
 from ..config import ConfigError
+from ..extras import MissingDependency
 from ..generate.model import MaskedTokenModel
 from ..io import InputError, VideoWriter, is_video_path, one_line
 from ..io.image import MAX_PIXELS
@@ -29,7 +30,7 @@ from ..models.io import ModelLoadError
 PROG = "bsqvit"
 NO_DEFAULT_MODEL = pretrained.NO_DEFAULT_MODEL
 NO_DEFAULT_GEN = "no --gen given and no embedded default generator is installed"
-EXPECTED_ERRORS = (InputError, ModelLoadError, ConfigError, ValueError, OSError, KeyError)
+EXPECTED_ERRORS = (InputError, ModelLoadError, ConfigError, MissingDependency, ValueError, OSError, KeyError)
 
 
 def error_message(e: BaseException) -> str:

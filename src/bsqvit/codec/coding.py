@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
+import constriction
 import numpy as np
 import torch
 
@@ -80,8 +81,6 @@ class SymbolCoder:
     stats: CodingStats = field(default_factory=CodingStats)
 
     def __post_init__(self):
-        import constriction
-
         self._family = constriction.stream.model.Categorical(perfect=False)
         if self.data is None:
             self._coder = constriction.stream.queue.RangeEncoder()

@@ -12,6 +12,8 @@ import warnings
 
 import numpy as np
 
+from ..extras import require
+
 __all__ = ["bd_rate", "interp_rate_at_psnr", "psnr_at_rate"]
 
 
@@ -52,7 +54,7 @@ def bd_rate(ours: list[dict], base: list[dict]) -> dict:
 
 
 def _bd_rate_akima(r1, d1, r2, d2) -> dict:
-    import bjontegaard as bd  # imports scipy: only when a BD-rate is computed
+    bd = require("bjontegaard", "BD-rate")  # imports scipy: only when a BD-rate is computed
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

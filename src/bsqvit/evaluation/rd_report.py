@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..extras import require
 from ..io import atomic_path
 
 __all__ = ["markdown", "plot", "write_outputs"]
@@ -53,10 +54,9 @@ def _plot_panel(ax, points: list[dict], key: str, ylabel: str) -> None:
 
 
 def plot(report: dict, out) -> None:
-    import matplotlib  # heavy and optional: only when a plot is asked for
-
+    matplotlib = require("matplotlib", "the RD plot")  # heavy and optional: only when a plot is asked for
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "the RD plot")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, ylabel in ((axes[0], "psnr", "PSNR-RGB (dB)"), (axes[1], "ms_ssim_db", "MS-SSIM (dB)")):

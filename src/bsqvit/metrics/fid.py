@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..extras import require
 from ..io import atomic_path
 from ..nets.backbones import WeightsNotFound, build_backbone
 from ..nets.inception import load_fid_inception
@@ -70,10 +71,7 @@ def blas_threads(n: int | None = None):
 
 # ---- the distance -----------------------------------------------------------------------------
 def _sqrtm(a: np.ndarray) -> np.ndarray:
-    try:
-        from scipy import linalg
-    except ImportError as e:  # pragma: no cover - scipy is a test/eval dependency
-        raise ImportError("the Fréchet distance needs scipy (pip install 'bsqvit[eval]')") from e
+    linalg = require("scipy.linalg", "the sqrtm Fréchet distance")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sqrtm's "singular matrix" warnings: handled below
         return linalg.sqrtm(a)
@@ -101,10 +99,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, method: str = 
     (tested) and to round-off level when the covariances are rank-deficient (few samples).
     """
     if method == "sqrtm":
-        try:  # load SciPy's BLAS before limiting the threads of every loaded BLAS
-            import scipy.linalg  # noqa: F401
-        except ImportError as e:  # pragma: no cover - scipy is an eval/test dependency
-            raise ImportError("the sqrtm Fréchet distance needs scipy (pip install 'bsqvit[eval]')") from e
+        # load SciPy's BLAS before limiting the threads of every loaded BLAS
+        require("scipy.linalg", "the sqrtm Fréchet distance")
     with blas_threads():
         return _frechet_distance(mu1, sigma1, mu2, sigma2, eps, method)
 
