@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..extras import available, require
+
 
 def tensorboard_writer(log_dir):
-    """A TensorBoard ``SummaryWriter``, or None when tensorboard is not installed (logs only)."""
-    try:  # lazy: tensorboard is optional and slow to import
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
+    """A TensorBoard ``SummaryWriter``, or None when tensorboard (the ``train`` extra) is not
+    installed: then the run logs to log.jsonl only. Imported here, when a run starts."""
+    if not available("torch.utils.tensorboard"):
         return None
-    return SummaryWriter(str(log_dir))
+    return require("torch.utils.tensorboard", "TensorBoard logging").SummaryWriter(str(log_dir))
 
 
 def _append_json(path: Path, record: dict) -> None:
