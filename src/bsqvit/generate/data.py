@@ -51,7 +51,7 @@ IMAGENETTE_CLASSES = {
     "n03417042": "garbage truck",
     "n03425413": "gas pump",
     "n03445777": "golf ball",
-    "n03888605": "parachute",
+    "n03888257": "parachute",
 }
 
 

@@ -90,6 +90,7 @@ class MaskedTokenModel(
     """Bidirectional transformer predicting the groups of masked tokens (see the module docstring)."""
 
     config_class = GenConfig
+    _HASH_IGNORED = ("class_names",)  # display names: renaming a class does not change the weights
 
     def __init__(self, config: GenConfig | dict | None = None, **overrides):
         super().__init__(config, **overrides)
