@@ -12,6 +12,7 @@ from PIL import Image
 from bsqvit import BSQViT, pretrained
 from bsqvit.cli import main
 from bsqvit.codec import TokenPrior
+from bsqvit.generate.data import IMAGENETTE_CLASSES
 from bsqvit.generate.model import MaskedTokenModel
 from bsqvit.models.io import ModelLoadError
 from shared_data import KODAK as KODAK_DIR
@@ -167,3 +168,6 @@ def test_shipped_models_verify_match_and_work():
         assert float(psnr(y[None], x[None])) > 20.0
         assert r.stats["bits_per_token"] < 14.0  # the prior saves bits against 18 raw
     assert gen.config.num_classes == 10 and "church" in gen.config.class_names
+    # every class has its Imagenette name (the wnid's own name table agrees)
+    assert gen.config.class_names == [IMAGENETTE_CLASSES[i] for i in gen.config.class_ids]
+    assert gen.config.class_names[9] == "parachute" and gen.config.class_ids[9] == "n03888257"
