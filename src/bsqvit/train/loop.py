@@ -114,6 +114,8 @@ class TrainLoop:
 
     # ---- the loop ------------------------------------------------------------------------------
     def fit(self):
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
         self.runlog.open_tensorboard()
         self.on_fit_start()
         bar = tqdm(total=self.stop_at, initial=self.step, disable=not self.progress, dynamic_ncols=True,
