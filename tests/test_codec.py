@@ -385,6 +385,18 @@ def test_cli_image_compress_decompress_info(tmp_path, capsys):
     assert rc == 0 and (tmp_path / "raw.bsq").read_bytes() == _golden("image-raw")
 
 
+def test_cli_explains_the_overhead_of_a_tiny_file(tmp_path, capsys):
+    Image.fromarray(np.full((1, 1, 3), 128, np.uint8)).save(tmp_path / "one.png")
+    rc, out, err = run_cli(capsys, "compress", tmp_path / "one.png", tmp_path / "one.bsq", "--model",
+                           DATA / "tokenizer", "--prior", DATA / "prior-ar")
+    assert rc == 0, err
+    over = float(out.split("overhead ")[1].split("%")[0])
+    assert over > 5 and "whole 32-bit words" in out and "on 1 token)" in out
+    rc, out, err = run_cli(capsys, "compress", DATA / "image.png", tmp_path / "a.bsq", "--model",
+                           DATA / "tokenizer", "--prior", DATA / "prior-ar")
+    assert rc == 0 and "overhead" in out and "32-bit words" not in out  # a real payload: no excuse needed
+
+
 def test_cli_video_matches_reconstruct(tmp_path, capsys):
     """A block-causal video tokenizer (3-frame chunks), the video-conditioned prior, MP4 in and out."""
     torch.manual_seed(5)

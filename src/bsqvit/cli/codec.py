@@ -92,12 +92,23 @@ def cmd_compress(args) -> int:
     if args.json:
         print_json(stats)
     else:
-        over = stats["coder_overhead"]
         print(f"{inp} -> {out}: {stats['media']}, {stats['bytes']} bytes, {stats['bpp']:.4f} bpp, "
               f"{stats['bits_per_token']:.3f} bits/token (raw {stats['raw_bits_per_token']}), coder {stats['coder']}"
-              + (f", overhead {100 * over:.2f}% over -sum log2 p" if over is not None else "")
-              + f", {stats['seconds']:.2f} s")
+              + _overhead_note(stats) + f", {stats['seconds']:.2f} s")
     return 0
+
+
+def _overhead_note(stats: dict) -> str:
+    """The coder's overhead over the ideal -sum log2 p, and why when a tiny payload inflates it."""
+    over = stats.get("coder_overhead")
+    if over is None:
+        return ""
+    note = f", overhead {100 * over:.2f}% over -sum log2 p"
+    extra_bits = 8 * stats["payload_bytes"] - stats["ideal_bits_per_token"] * stats["tokens"]
+    if over > 0.05 and extra_bits <= 32 * stats.get("chunks", 1):
+        note += (f" (the range coder writes whole 32-bit words: {extra_bits:.0f} bits of rounding on "
+                 f"{stats['tokens']} token{'s' if stats['tokens'] != 1 else ''})")
+    return note
 
 
 def _limits(args) -> Limits:

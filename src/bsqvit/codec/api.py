@@ -158,6 +158,7 @@ def encode_tokens(tokens: np.ndarray, header: Header, prior=None,
         "ideal_bits_per_token": ideal / n_tok,
         "payload_bits_per_token": payload_bits / n_tok,
         "coder_overhead": payload_bits / ideal - 1 if ideal > 0 else None,
+        "chunks": len(chunks),
         "seconds_entropy": time.perf_counter() - t0,
     }
     if header.coder != "raw":
