@@ -67,11 +67,11 @@ def test_video_frames_over_the_limit_are_refused(tmp_path):
         video_info(tmp_path / "v.mp4", max_pixels=100)
 
 
-@pytest.mark.parametrize("command", ["reconstruct", "tokenize"])
+@pytest.mark.parametrize("command", ["reconstruct", "tokenize", "compress"])
 def test_cli_refuses_with_one_line_and_writes_nothing(tmp_path, capsys, command):
     path = tmp_path / "huge.png"
     _png_header_only(path, 12_000, 8_000)
-    out = tmp_path / ("out.png" if command == "reconstruct" else "out.npz")
+    out = tmp_path / {"reconstruct": "out.png", "tokenize": "out.npz", "compress": "out.bsq"}[command]
     rc = main([command, str(path), str(out)])
     err = capsys.readouterr().err
     assert rc != 0 and not out.exists()

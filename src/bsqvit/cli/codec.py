@@ -20,6 +20,7 @@ from ..evaluation.rd import run_rd
 from ..io import InputError
 from .common import (
     PROG,
+    add_input_args,
     add_model_args,
     add_video_out_args,
     check_input,
@@ -47,7 +48,7 @@ def add_compress(sub) -> None:
     p.add_argument("output", metavar="OUT.bsq")
     add_model_args(p)
     p.add_argument("--prior", default=None, metavar="DIR|none", help="token prior directory, or none (raw); default: the embedded prior")
-    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="video: only the first N frames")
+    add_input_args(p)
     _add_prior_runtime_args(p)
     p.add_argument("--frames-per-chunk", type=int, default=None, metavar="N", help="video frames per chunk (default 8)")
     p.add_argument("--json", action="store_true", help="print statistics as JSON")
@@ -84,7 +85,8 @@ def cmd_compress(args) -> int:
     warnings = []
     if prior is not None and prior.config.tokenizer_hash and prior.config.tokenizer_hash != model.weights_hash():
         warnings.append("the prior was trained on another tokenizer's tokens (decodable, but expect more bits)")
-    stats = compress_file(inp, out, model, prior, opts, max_frames=args.max_frames, amp=args.amp)
+    stats = compress_file(inp, out, model, prior, opts, max_frames=args.max_frames, amp=args.amp,
+                          max_pixels=args.max_pixels)
     if warnings:
         stats["warnings"] = warnings
         for w in warnings:

@@ -25,6 +25,7 @@ from ..io import (
     to_uint8,
     video_info,
 )
+from ..io.image import MAX_PIXELS
 from ..models.frames import chunks as frame_chunks
 from ..models.frames import encode_frames
 from .api import (
@@ -53,21 +54,22 @@ def read_bsq(path: str | os.PathLike, limits: Limits | None = None) -> bytes:
 
 
 def compress_file(inp, out, model, prior=None, options: CodecOptions | None = None, max_frames: int | None = None,
-                  amp: bool = False) -> dict:
-    """Image or video file -> ``.bsq`` file (written atomically). Returns the statistics."""
+                  amp: bool = False, max_pixels: int | None = MAX_PIXELS) -> dict:
+    """Image or video file -> ``.bsq`` file (written atomically). Returns the statistics.
+    Inputs over ``max_pixels`` per image or frame are refused from their header."""
     t0 = time.perf_counter()
     opts = options or CodecOptions()
     if is_video_path(inp):
-        info = video_info(inp)
+        info = video_info(inp, max_pixels=max_pixels)
         H, W, fps = info["height"], info["width"], info["fps"]
-        parts = [encode_frames(model, from_uint8(f), amp=amp).numpy()
-                 for f in frame_chunks(iter_video_frames(inp, max_frames=max_frames), _chunk_frames(model))]
+        frames = iter_video_frames(inp, max_frames=max_frames, max_pixels=max_pixels)
+        parts = [encode_frames(model, from_uint8(f), amp=amp).numpy() for f in frame_chunks(frames, _chunk_frames(model))]
         if not parts:
             raise InputError(f"{inp}: no frames selected")
         tokens = np.concatenate(parts)
         header = base_header(model, "video", H, W, tokens.shape[0], fps, prior, opts)
     else:
-        x = load_image(inp)
+        x = load_image(inp, max_pixels=max_pixels)
         H, W = x.shape[-2:]
         header = base_header(model, "image", H, W, 1, 0.0, prior, opts)
         tokens = tokenize(model, x, amp=amp)
