@@ -31,6 +31,7 @@ from .io import InputError
 from .models.io import ModelLoadError
 
 ROOT = Path(__file__).resolve().parent / "assets" / "default"
+SAMPLES = Path(__file__).resolve().parent / "assets" / "samples"  # five Kodak photos (see its README.md)
 MANIFEST = "MANIFEST.json"
 COMPONENTS = ("tokenizer", "prior", "gen")
 _verified: set[str] = set()
@@ -92,6 +93,13 @@ def default_dir(component: str, root: Path | None = None) -> Path | None:
 
 
 NO_DEFAULT_MODEL = "no --model given and no embedded default model is installed"
+
+
+def sample_images() -> Path:
+    """The folder of sample photos that ships with the package (what ``bsqvit demo`` runs on)."""
+    if not any(SAMPLES.glob("*.png")):
+        raise InputError(f"{SAMPLES}: the sample images are not installed (give --data DIR)")
+    return SAMPLES
 
 
 def default_model_dir() -> Path:
