@@ -1,15 +1,19 @@
-"""Where the tests find the project's data and weights: ``../shared`` beside the checkout.
+"""Where the tests find the project's data and weights: ``../shared`` beside the checkout, or
+the folder named by ``$BSQVIT_TEST_SHARED`` (``BSQVIT_TEST_SHARED=none`` hides it: a bare machine).
 
 A bare clone has no ``../shared``; tests that need it skip with a reason naming what is missing.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+_HIDDEN = Path(__file__).resolve().parent / "no-shared-data-here"  # never exists
+_ENV = os.environ.get("BSQVIT_TEST_SHARED")
+SHARED = (_HIDDEN if _ENV == "none" else Path(_ENV)) if _ENV else Path(__file__).resolve().parents[2] / "shared"
 DATA = SHARED / "data"
 KODAK = DATA / "kodak"
 VIDEO = DATA / "video"

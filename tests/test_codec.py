@@ -54,6 +54,7 @@ from bsqvit.codec.container import (
 from bsqvit.codec.intops import frequencies
 from bsqvit.codec.prior import split_groups
 from bsqvit.io import from_uint8, write_video_lossless
+from shared_data import KODAK
 
 DATA = Path(__file__).resolve().parent / "data" / "codec"
 GOLDEN = json.loads((DATA / "golden.json").read_text())
@@ -558,7 +559,7 @@ def test_bd_rate_methods():
 
 
 def test_cli_rd_images_and_video(tmp_path, capsys):
-    kodim05 = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak" / "kodim05.png"
+    kodim05 = KODAK / "kodim05.png"
     src = np.asarray(Image.open(kodim05 if kodim05.exists() else DATA / "image.png").convert("RGB"))
     d = tmp_path / "imgs"
     d.mkdir()

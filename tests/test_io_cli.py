@@ -28,15 +28,15 @@ from bsqvit.io import (
     write_video,
     write_video_lossless,
 )
+from shared_data import KODAK as KODAK_DIR
+from shared_data import VIDEO, needs
 
-SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"  # ../shared beside the checkout
-DATA = SHARED_DIR / "data"
-KODAK = DATA / "kodak" / "kodim01.png"
-RAW_H264 = DATA / "video" / "openh264_MR1_BT_A.h264"
-MP4 = DATA / "video" / "imageio_realshort.mp4"
+KODAK = KODAK_DIR / "kodim01.png"
+RAW_H264 = VIDEO / "openh264_MR1_BT_A.h264"
+MP4 = VIDEO / "imageio_realshort.mp4"
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-needs_data = pytest.mark.skipif(not KODAK.is_file() or not RAW_H264.is_file(), reason="shared data not available")
+needs_data = needs(KODAK, RAW_H264, what="Kodak and video clips (../shared/data)")
 
 
 def leftovers(d: Path) -> list[str]:
