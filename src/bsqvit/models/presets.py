@@ -28,6 +28,8 @@ PRESETS: dict[str, dict] = {
         image_size=[64, 64], patch_size=8, width=256, layers=4, heads=4, num_frames=8,
         mask_type="block-causal", mask_block_size=1, quantizer=dict(type="bsq", dim=18, group_size=1),
     ),
+    # Λ24-SQ: the small preset with the fixed 196,560-code spherical Leech codebook (17.58 bits)
+    "small-leech": dict(image_size=[64, 64], patch_size=8, width=256, layers=4, heads=4, quantizer=dict(type="leech", dim=24)),
     "base-cpu": dict(image_size=[128, 128], patch_size=8, width=384, layers=6, heads=6, quantizer=dict(type="bsq", dim=18, group_size=1)),
 }
 

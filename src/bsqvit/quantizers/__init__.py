@@ -1,4 +1,4 @@
-"""Quantizers behind one interface: BSQ (the method), and LFQ, VQ, FSQ baselines."""
+"""Quantizers behind one interface: BSQ (the method), LFQ, VQ, FSQ baselines, and Λ24-SQ (leech)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from .base import Quantizer, QuantizerOutput, bits_to_indices, indices_to_bits
 from .bsq import BinarySphericalQuantizer, LookupFreeQuantizer
 from .fsq import FiniteScalarQuantizer
+from .leech import LeechQuantizer
 from .vq import VectorQuantizer
 
 
@@ -15,17 +16,18 @@ class QuantizerConfig:
     """Which quantizer sits in the bottleneck, and its settings.
 
     ``dim`` is the bottleneck width: the number of bits L for bsq/lfq, the code dimension for
-    vq; for fsq it is ``len(levels)``.
+    vq; for fsq it is ``len(levels)``; for leech (Λ24-SQ, the fixed 196,560-code spherical Leech
+    codebook) it must be 24.
     """
 
-    type: str = "bsq"  # bsq | lfq | vq | fsq
+    type: str = "bsq"  # bsq | lfq | vq | fsq | leech
     dim: int = 18
     group_size: int | None = None  # bsq/lfq entropy groups (1 = factorised)
     inv_temperature: float = 1.0
     gamma0: float = 1.0
     gamma: float = 1.0
     zeta: float = 1.0
-    commitment_weight: float = 0.0  # bsq/lfq: beta; vq: commitment beta (0.25 typical)
+    commitment_weight: float = 0.0  # bsq/lfq/leech: beta (0 = off); vq: commitment beta (0.25 typical)
     codebook_size: int = 16384  # vq
     ema: bool = True  # vq: EMA codebook updates (else learned with a codebook loss)
     decay: float = 0.99  # vq EMA decay
@@ -33,8 +35,10 @@ class QuantizerConfig:
     levels: list[int] | None = None  # fsq, e.g. [8, 8, 8, 5, 5, 5]
 
     def __post_init__(self):
-        if self.type not in ("bsq", "lfq", "vq", "fsq"):
-            raise ValueError(f"quantizer.type must be one of bsq, lfq, vq, fsq; got {self.type!r}")
+        if self.type not in ("bsq", "lfq", "vq", "fsq", "leech"):
+            raise ValueError(f"quantizer.type must be one of bsq, lfq, vq, fsq, leech; got {self.type!r}")
+        if self.type == "leech" and self.dim != 24:
+            raise ValueError(f"quantizer.dim must be 24 for leech, got {self.dim}")
         if self.type == "fsq":
             if not self.levels:
                 raise ValueError("quantizer.levels is required for fsq")
@@ -62,6 +66,8 @@ def build_quantizer(cfg: QuantizerConfig) -> Quantizer:
             commitment_weight=cfg.commitment_weight if cfg.commitment_weight > 0 else 0.25,
             dead_code_threshold=cfg.dead_code_threshold,
         )
+    if cfg.type == "leech":
+        return LeechQuantizer(cfg.dim, commitment_weight=cfg.commitment_weight)
     return FiniteScalarQuantizer(list(cfg.levels))
 
 
@@ -73,6 +79,7 @@ __all__ = [
     "LookupFreeQuantizer",
     "VectorQuantizer",
     "FiniteScalarQuantizer",
+    "LeechQuantizer",
     "build_quantizer",
     "bits_to_indices",
     "indices_to_bits",
