@@ -17,17 +17,16 @@ from bsqvit.train import load_train_config
 from bsqvit.train.checkpoint import find_last, load_checkpoint
 from bsqvit.train.config import LossConfig
 from bsqvit.train.trainer import Trainer, warmup_cosine
+from shared_data import KODAK, SQUEEZE_CAFFE, VIDEO, needs, needs_squeeze
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-SQUEEZE = SHARED / "weights" / "squeezenet1_1_caffe" / "squeezenet1_1_features.pth"
-needs_squeeze = pytest.mark.skipif(not SQUEEZE.is_file(), reason="SqueezeNet weights (../shared/weights) not available")
+SQUEEZE = SQUEEZE_CAFFE
 
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("imgs")
     rng = np.random.default_rng(0)
-    kodim05 = SHARED / "data" / "kodak" / "kodim05.png"
+    kodim05 = KODAK / "kodim05.png"
     if kodim05.is_file():
         src = np.asarray(Image.open(kodim05).convert("RGB"))
     else:  # no ../shared: a smooth synthetic picture with texture
@@ -130,6 +129,7 @@ def test_resume_is_bit_identical(tmp_path, image_dir):
 
 
 @needs_squeeze
+@needs(VIDEO / "davis2016_frames" / "blackswan", what="DAVIS frames (../shared/data/video)")
 def test_cli_train_smoke_and_video(tmp_path, image_dir):
     p = write_config(tmp_path / "c.yaml", image_dir, steps=2, eval_every=2, **{"loss.gan_weight": 0.0})
     rc = main(["train", str(p), "--output-dir", str(tmp_path / "run"), "--no-progress"])
@@ -142,7 +142,7 @@ def test_cli_train_smoke_and_video(tmp_path, image_dir):
     v = write_config(
         tmp_path / "v.yaml", image_dir, steps=1, eval_every=0, init_from=str(tmp_path / "run" / "model"),
         **{"model.num_frames": 4, "model.mask_type": "block-causal", "data.kind": "video",
-           "data.train": [str(SHARED / "data" / "video" / "davis2016_frames" / "blackswan")],
+           "data.train": [str(VIDEO / "davis2016_frames" / "blackswan")],
            "data.val": None, "data.num_frames": 4, "data.frame_stride": 4, "data.batch_size": 1,
            "loss.gan_weight": 0.1, "loss.gan_start": 0},
     )
