@@ -16,7 +16,7 @@ from torch import Tensor
 from ..config import to_dict
 from ..nn import PretrainedModule
 from ..quantizers import QuantizerOutput, build_quantizer
-from . import official, presets
+from . import official, presets, streaming
 from .config import BSQViTConfig
 from .transformer import ViT, attention_mask, count_flops_per_token, init_linear, patchify, unpatchify
 
@@ -193,6 +193,16 @@ class BSQViT(
             x = x[..., :H, :W]
         x = x.clamp(-1, 1)
         return x if video else x[:, :, 0]
+
+    # ---- streaming video (models/streaming.py) --------------------------------------------------
+    def encode_stream(self, frames, window: int | None = None, amp: bool = False):
+        """Frame chunks (B,3,t,H,W) -> token indices (B,t_k,h,w), one frame block at a time, with a
+        key/value cache (block-causal models; rules in :mod:`bsqvit.models.streaming`)."""
+        return streaming.encode_stream(self, frames, window=window, amp=amp)
+
+    def decode_stream(self, indices, size: tuple[int, int] | None = None, window: int | None = None, amp: bool = False):
+        """Token chunks (B,t,h,w) -> pixels (B,3,t_k,H,W) in [-1, 1], one frame block at a time."""
+        return streaming.decode_stream(self, indices, size=size, window=window, amp=amp)
 
     # ---- training forward -------------------------------------------------------------------
     def forward(self, x: Tensor, amp: bool = False) -> BSQViTOutput:

@@ -2,7 +2,8 @@
 
 The chunking is part of what a token file means (``bsqvit reconstruct``, ``tokenize``, the codec
 and the prior's training all cut videos the same way), so it lives with the models, not with a
-command.
+command. :func:`stream_encode_frames` / :func:`stream_decode_frames` give the same tokens block by
+block (see :mod:`bsqvit.models.streaming`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Iterable, Iterator
 
 import numpy as np
+
+from . import streaming
 
 
 def video_chunk(model) -> int:
@@ -29,6 +32,34 @@ def decode_frames(model, idx, size: tuple[int, int], amp: bool = False):
     if model.config.num_frames == 1:
         return model.decode(idx, size=size, amp=amp).movedim(0, 1)
     return model.decode(idx[None], size=size, amp=amp)[0]
+
+
+def stream_encode_frames(model, frames: Iterable, window: int | None = None, amp: bool = False) -> Iterator:
+    """Chunks (3, t, H, W) in [-1, 1] of any lengths -> indices (t_k, h, w) as soon as they are known.
+
+    Video models go block by block with a key/value cache (:mod:`bsqvit.models.streaming`); with
+    ``window=None`` the tokens are those of :func:`encode_frames` on ``video_chunk(model)``-frame
+    chunks (the same token files), with one block of latency instead of one clip. Image models code
+    each chunk as a batch of frames, as :func:`encode_frames` does.
+    """
+    if model.config.num_frames == 1:
+        for x in frames:
+            yield encode_frames(model, x, amp=amp)
+        return
+    for idx in streaming.encode_stream(model, (x[None] for x in frames), window=window, amp=amp):
+        yield idx[0]
+
+
+def stream_decode_frames(model, indices: Iterable, size: tuple[int, int], window: int | None = None,
+                         amp: bool = False) -> Iterator:
+    """Indices (t, h, w) of any lengths -> (3, t_k, H, W) in [-1, 1]; inverse path of
+    :func:`stream_encode_frames` (``window`` must be the same)."""
+    if model.config.num_frames == 1:
+        for idx in indices:
+            yield decode_frames(model, idx, size, amp=amp)
+        return
+    for x in streaming.decode_stream(model, (i[None] for i in indices), size=size, window=window, amp=amp):
+        yield x[0]
 
 
 def chunks(frames: Iterable[np.ndarray], n: int) -> Iterator[np.ndarray]:
