@@ -201,17 +201,20 @@ def _nearest_chunk(x: Tensor, T: _Tables) -> Tensor:
 
     Group scores are first computed in float32. Their error is at most ``delta`` (rounding x,
     sums of <= 24 terms, one add: well below ``2^-17 (sum |x| + 4 max |x|)``); where one group per
-    shape is within ``2 delta`` of the float32 maximum, it is the unique exact maximum. Rows
-    with any other group that close are recomputed in float64, exactly. The members of the
+    shape's second-best group is more than ``2 delta`` below the best float32 score of all shapes,
+    that shape's float32 argmax is its unique exact best group or the shape cannot win or tie (a
+    losing shape's pick does not matter: the final comparison is exact). Rows where a second
+    group is that close are recomputed in float64, exactly. The members of the
     chosen groups and the comparison between shapes are always evaluated in float64.
     """
     ax = x.abs()
     delta = (ax.sum(-1, keepdim=True) + 4 * ax.amax(-1, keepdim=True)).float() * 2.0**-17
-    groups, unsure = [], torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    for s in _group_scores(x.float(), T):
-        top, arg = s.topk(2, dim=-1)
-        unsure |= (top[:, 1:] >= top[:, :1] - 2 * delta).squeeze(1)
-        groups.append(arg[:, 0])
+    tops = [s.topk(2, dim=-1) for s in _group_scores(x.float(), T)]
+    best = torch.stack([t.values[:, 0] for t in tops], dim=-1).amax(-1)
+    unsure = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    for t in tops:  # a second group within 2 delta of the best of all shapes: not certain
+        unsure |= t.values[:, 1] >= best - 2 * delta.squeeze(1)
+    groups = [t.indices[:, 0] for t in tops]
     if unsure.any():
         exact = _group_scores(x[unsure], T)
         for k in range(3):
