@@ -38,7 +38,7 @@ GOLAY_WEIGHT_DISTRIBUTION = {0: 1, 8: 759, 12: 2576, 16: 759, 24: 1}
 QR23_GENERATOR_EXPONENTS = (0, 2, 4, 5, 6, 10, 11)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _generator_tuple() -> tuple[tuple[int, ...], ...]:
     rows = []
     for k in range(K):
@@ -62,7 +62,7 @@ def generator_matrix() -> Tensor:
     return torch.tensor(_generator_tuple(), dtype=torch.uint8)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _codewords_cpu() -> Tensor:
     g = generator_matrix().to(torch.int64)
     k = torch.arange(NUM_CODEWORDS, dtype=torch.int64)
@@ -83,7 +83,7 @@ def weight_distribution(words: Tensor | None = None) -> dict[int, int]:
     return {int(v): int(c) for v, c in zip(values, counts)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _octads_cpu() -> Tensor:
     words = _codewords_cpu()
     octad_words = words[words.to(torch.int64).sum(-1) == 8]

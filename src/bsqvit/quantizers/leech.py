@@ -55,7 +55,7 @@ _SIGN4 = ((1, 1), (1, -1), (-1, 1), (-1, -1))  # shape-1 signs of (x_a, x_b) by 
 class _Tables:
     def __init__(self, device: torch.device):
         golay.check_golay()
-        f64 = dict(dtype=torch.float64, device=device)
+        f64 = {"dtype": torch.float64, "device": device}
         words = golay.codewords().to(torch.int64)
         self.pairs = golay.pairs().to(device)
         self.octads = golay.octads().to(device)
@@ -72,7 +72,7 @@ class _Tables:
         self.word_right = (words[:, 12:] << torch.arange(11, -1, -1)).sum(-1).to(device)  # (4096,)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tables(device: torch.device) -> _Tables:
     return _Tables(device)
 
