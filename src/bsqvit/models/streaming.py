@@ -128,8 +128,10 @@ class CachedTrunk:
         x = self.vit.ln_pre(x)
         for i, blk in enumerate(self.vit.blocks):
             x, k, v = blk.step_block(x, *self.cache[i])
-            if keep_tokens is not None:
-                k, v = (k[:, :, k.shape[2] - keep_tokens :], v[:, :, v.shape[2] - keep_tokens :]) if keep_tokens else (None, None)
+            if keep_tokens == 0:
+                k = v = None
+            elif keep_tokens is not None and k.shape[2] > keep_tokens:
+                k, v = k[:, :, -keep_tokens:], v[:, :, -keep_tokens:]
             self.cache[i] = (k, v)
         return self.vit.ln_post(x)
 
@@ -137,10 +139,10 @@ class CachedTrunk:
 class _Streamer:
     """Frames (or token frames) in, one output per block out; subclasses compute a block."""
 
-    def __init__(self, model, vit: ViT, window: int | None, amp: bool):
+    def __init__(self, model, vit: ViT, window: int | None, amp: bool, dim: int):
         check_streamable(model)
         cfg = model.config
-        self.model, self.amp = model, amp
+        self.model, self.amp, self.dim = model, amp, dim  # dim: the time axis of the inputs
         self.schedule = _Schedule(cfg.num_frames, cfg.mask_block_size, window)
         self.trunk = CachedTrunk(vit)
         self.frame = 0  # stream frames already computed
@@ -148,25 +150,27 @@ class _Streamer:
         self._buffered = 0
         self._shape: tuple | None = None
 
-    def _check(self, x: Tensor, dim: int) -> None:
+    def _check(self, x: Tensor) -> None:
+        dim = self.dim
         shape = x.shape[:1] + x.shape[dim + 1 :]
         if self._shape is None:
             self._shape = tuple(shape)
         elif tuple(shape) != self._shape:
             raise ValueError(f"stream frame shape changed from {self._shape} to {tuple(shape)}")
 
-    def _take(self, n: int, dim: int) -> Tensor:
+    def _take(self, n: int) -> Tensor:
+        dim = self.dim
         x = torch.cat(self._buf, dim) if len(self._buf) > 1 else self._buf[0]
         head, rest = x.narrow(dim, 0, n), x.narrow(dim, n, x.shape[dim] - n)
         self._buf = [rest] if rest.shape[dim] else []
         self._buffered -= n
         return head
 
-    def _push(self, x: Tensor, dim: int, final: bool = False) -> list[Tensor]:
-        if x is not None and x.shape[dim]:
-            self._check(x, dim)
+    def _push(self, x: Tensor | None, final: bool = False) -> list[Tensor]:
+        if x is not None and x.shape[self.dim]:
+            self._check(x)
             self._buf.append(x)
-            self._buffered += x.shape[dim]
+            self._buffered += x.shape[self.dim]
         out = []
         while self._buffered:
             n, pos0, restart, keep = self.schedule.next_block(self.frame)
@@ -177,13 +181,13 @@ class _Streamer:
                 self.trunk.reset()
             keep_tokens = None if keep is None else keep * self.schedule.block * self._tokens_per_frame
             with torch.no_grad(), self.model._amp(self.model.quant_embed.weight, self.amp):
-                out.append(self._block(self._take(n, dim), pos0, keep_tokens))
+                out.append(self._block(self._take(n), pos0, keep_tokens))
             self.frame += n
         return out
 
     def flush(self) -> list[Tensor]:
         """End of stream: compute the last, shorter block if frames are left over."""
-        return self._push(None, 0, final=True)
+        return self._push(None, final=True)
 
 
 class StreamingEncoder(_Streamer):
@@ -191,14 +195,14 @@ class StreamingEncoder(_Streamer):
     block, as soon as each block is complete. Call :meth:`flush` at the end of the stream."""
 
     def __init__(self, model, window: int | None = None, amp: bool = False):
-        super().__init__(model, model.encoder, window, amp)
+        super().__init__(model, model.encoder, window, amp, dim=2)
 
     def push(self, frames: Tensor) -> list[Tensor]:
         if frames.ndim != 5 or frames.shape[1] != 3:
             raise ValueError(f"expected frames (B,3,t,H,W), got shape {tuple(frames.shape)}")
         p = self.model.patch_size
         self._tokens_per_frame = -(-frames.shape[-2] // p) * -(-frames.shape[-1] // p)
-        return self._push(frames, 2)
+        return self._push(frames)
 
     def _block(self, x: Tensor, pos0: int, keep_tokens: int | None) -> Tensor:
         model = self.model
@@ -215,7 +219,7 @@ class StreamingDecoder(_Streamer):
     block (cropped to ``size`` (H, W) if given). Call :meth:`flush` at the end of the stream."""
 
     def __init__(self, model, size: tuple[int, int] | None = None, window: int | None = None, amp: bool = False):
-        super().__init__(model, model.decoder, window, amp)
+        super().__init__(model, model.decoder, window, amp, dim=1)
         self.size = size
 
     def push(self, indices: Tensor) -> list[Tensor]:
@@ -226,7 +230,7 @@ class StreamingDecoder(_Streamer):
             H, W, p = *self.size, self.model.patch_size
             if H > indices.shape[2] * p or W > indices.shape[3] * p:
                 raise ValueError(f"size {self.size} is larger than the token grid {tuple(indices.shape[2:])} x patch {p}")
-        return self._push(indices, 1)
+        return self._push(indices)
 
     def _block(self, idx: Tensor, pos0: int, keep_tokens: int | None) -> Tensor:
         model = self.model
