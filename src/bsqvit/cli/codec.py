@@ -20,6 +20,7 @@ from ..evaluation.rd import run_rd
 from ..io import InputError
 from .common import (
     PROG,
+    add_device_arg,
     add_input_args,
     add_model_args,
     add_video_out_args,
@@ -80,7 +81,7 @@ def cmd_compress(args) -> int:
                             force=args.force)
     opts = _options(args)
     setup_torch(args)
-    model = resolve_model(args.model)
+    model = resolve_model(args.model, args.device)
     prior = resolve_prior(args.prior, model)
     warnings = []
     if prior is not None and prior.config.tokenizer_hash and prior.config.tokenizer_hash != model.weights_hash():
@@ -164,7 +165,7 @@ def cmd_decompress(args) -> int:
         raise InputError(f"{inp}: coded with a {header.coder} prior (id {header.prior_id[:12]}...); "
                               "give it with --prior DIR")
     setup_torch(args)
-    model = resolve_model(args.model)
+    model = resolve_model(args.model, args.device)
     prior = resolve_prior(args.prior) if header.coder != "raw" else None  # the id is checked on decode
     if prior is not None and args.prior is None:
         if short_id(prior.weights_hash()) != header.prior_id:  # not the embedded prior's file
@@ -236,6 +237,7 @@ def add_rd(sub) -> None:
     p.add_argument("--codecs", default=None, help="comma-separated baselines (default: all available)")
     p.add_argument("--no-lpips", action="store_true", help="skip the LPIPS stand-in")
     p.add_argument("--threads", type=int, default=None, metavar="N")
+    add_device_arg(p)
     p.add_argument("--json", default=None, metavar="OUT.json")
     p.add_argument("--markdown", default=None, metavar="OUT.md")
     p.add_argument("--plot", default=None, metavar="OUT.png")
@@ -257,7 +259,8 @@ def cmd_rd(args) -> int:
                 priors = [str(d)]
     report = run_rd(args.data, models=models, priors=priors, video=args.video, limit=args.limit,
                     max_frames=args.max_frames, codecs=args.codecs.split(",") if args.codecs else None,
-                    lpips=not args.no_lpips, json_out=args.json, md_out=args.markdown, plot_out=args.plot)
+                    lpips=not args.no_lpips, json_out=args.json, md_out=args.markdown, plot_out=args.plot,
+                    device=args.device, progress=True)
     print(report["markdown"])
     return 0
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -99,6 +100,29 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="DIR", help="model directory (save_pretrained format) or Hub id")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast for encoder/decoder")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
+    add_device_arg(p)
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]",
+                   help="where the networks run (default auto: CUDA when available); .bsq bits do not depend on it")
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without CUDA is an input error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    if re.fullmatch(r"cuda(:\d+)?", name):
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+        if ":" in name and int(name.split(":")[1]) >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return name
+    raise InputError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
 
 
 def add_input_args(p: argparse.ArgumentParser) -> None:
@@ -129,6 +153,8 @@ def setup_torch(args) -> None:
         if args.threads < 1:
             raise InputError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if getattr(args, "device", None) is not None:
+        args.device = resolve_device(args.device)
 
 
 # ---- models: tokenizer, prior, generator ------------------------------------------------------------
@@ -137,14 +163,13 @@ def default_model_dir() -> Path:
     return pretrained.default_model_dir()
 
 
-def resolve_model(path_or_none: str | os.PathLike | None):
+def resolve_model(path_or_none: str | os.PathLike | None, device: str = "cpu"):
     """The model for ``--model``: a directory written by ``save_pretrained`` (or a Hub id);
-    ``None`` is the embedded default (:mod:`bsqvit.pretrained`)."""
+    ``None`` is the embedded default (:mod:`bsqvit.pretrained`). Moved to ``device``."""
     if path_or_none is None:
         path_or_none = default_model_dir()
     model = BSQViT.from_pretrained(str(path_or_none))
-    model.eval()
-    return model
+    return model.to(device).eval()
 
 
 def model_files(path_or_none) -> list[Path]:
@@ -176,14 +201,14 @@ def prior_files(arg) -> list[Path]:
     return model_files(arg)
 
 
-def resolve_gen(path_or_none):
+def resolve_gen(path_or_none, device: str = "cpu"):
     """``--gen``: a directory written by ``save_pretrained`` (the embedded default when omitted)."""
     if path_or_none is None:
         d = pretrained.default_dir("gen")
         if d is None:
             raise InputError(NO_DEFAULT_GEN)
         path_or_none = d
-    return MaskedTokenModel.from_pretrained(str(path_or_none)).eval()
+    return MaskedTokenModel.from_pretrained(str(path_or_none)).to(device).eval()
 
 
 def check_pair(model, gen) -> None:

@@ -15,7 +15,7 @@ from ..evaluation.results import format_markdown, write_json
 from ..evaluation.tokenizer import compute_reference_stats, evaluate
 from ..io import InputError, atomic_path
 from ..models import BSQViT
-from .common import add_model_args, check_output, model_files, resolve_model, setup_torch
+from .common import add_device_arg, add_model_args, check_output, model_files, resolve_model, setup_torch
 
 
 def _eval_data_args(p: argparse.ArgumentParser) -> None:
@@ -30,7 +30,6 @@ def _eval_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inception-weights", default=None, metavar="PATH",
                    help="pt_inception-2015-12-05-6726825d.pth (default: weights dirs, torch hub cache)")
     p.add_argument("--weights-dir", default=None, metavar="DIR", help="extra directory searched for metric weights")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 
@@ -81,7 +80,7 @@ def cmd_eval(args) -> int:
     if not Path(args.data).exists():
         raise InputError(f"{args.data}: no such file or directory")
     setup_torch(args)
-    model = resolve_model(args.model)
+    model = resolve_model(args.model, args.device)
     cfg = _eval_config(args, video=args.video, amp=args.amp, lpips=args.lpips, fid_ref=args.fid_ref,
                        fid_method=args.fid_method,
                        i3d_weights=args.i3d_weights, frames=args.frames, clips_per_video=args.clips_per_video,
@@ -100,6 +99,7 @@ def add_fid_stats(sub) -> None:
     p.add_argument("data", metavar="DATA", help="image file or folder")
     p.add_argument("output", metavar="OUT.npz")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
+    add_device_arg(p)
     _eval_data_args(p)
     p.set_defaults(func=cmd_fid_stats)
 
@@ -129,7 +129,7 @@ def add_bench(sub) -> None:
     p.add_argument("--frames", type=int, default=None, metavar="T", help="video models: frames per clip")
     p.add_argument("--repeats", type=int, default=5, metavar="K", help="timed repeats (median reported)")
     p.add_argument("--warmup", type=int, default=1, metavar="W", help="untimed warm-up calls")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_device_arg(p)
     p.add_argument("--json", default=None, metavar="OUT", help="write the numbers to OUT (JSON)")
     p.set_defaults(func=cmd_bench)
 
@@ -142,7 +142,7 @@ def cmd_bench(args) -> int:
         torch.manual_seed(0)
         model, name = BSQViT.from_preset(args.preset), f"preset {args.preset} (random weights)"
     else:
-        model, name = resolve_model(args.model), str(args.model)
+        model, name = resolve_model(args.model, args.device), str(args.model)
     r = bench(model, resolution=args.resolution, batch=args.batch, dtype=args.dtype, frames=args.frames,
               repeats=args.repeats, warmup=args.warmup, device=args.device, model_name=name)
     if args.json:

@@ -20,6 +20,7 @@ from ..generate.sampling import fill_canvas
 from ..generate.train import generate_images, image_grid, load_gen_train_config, train_gen
 from ..io import InputError, atomic_path, from_uint8, load_image, to_uint8
 from .common import (
+    add_device_arg,
     add_model_args,
     check_input,
     check_output,
@@ -146,8 +147,8 @@ def cmd_generate(args) -> int:
         raise InputError(f"{out}: parent directory {out.parent} does not exist")
     inputs = [check_input(f) for f in (args.inpaint, args.mask) if f]
     setup_torch(args)
-    model = resolve_model(args.model)
-    gen = resolve_gen(args.gen)
+    model = resolve_model(args.model, args.device)
+    gen = resolve_gen(args.gen, args.device)
     check_pair(model, gen)
     classes = parse_classes(gen, args.cls, args.label)
     t0 = time.time()
@@ -257,6 +258,7 @@ def add_eval_gen(sub) -> None:
     p.add_argument("--weights-dir", default=None, metavar="DIR",
                    help="where feature weights are looked for (a folder holding squeezenet1_1_caffe/, or that folder)")
     p.add_argument("--threads", type=int, default=None)
+    add_device_arg(p)
     p.add_argument("--json", default=None, metavar="OUT.json")
     p.set_defaults(func=cmd_eval_gen)
 
@@ -279,8 +281,8 @@ def cmd_eval_gen(args) -> int:
             raise InputError(f"{args.samples}: need at least 2 images, found {len(samples)}")
         gen = model = None
     else:
-        model = resolve_model(args.model)
-        gen = resolve_gen(args.gen)
+        model = resolve_model(args.model, args.device)
+        gen = resolve_gen(args.gen, args.device)
         check_pair(model, gen)
         res = args.resolution or gen.config.image_size[0]
         for s in args.steps:

@@ -67,13 +67,13 @@ def cmd_reconstruct(args) -> int:
     out = check_output(args.output, [inp, *model_files(args.model)])
     check_kinds(inp, out, video)
     setup_torch(args)
-    model = resolve_model(args.model)
+    model = resolve_model(args.model, args.device)
     bits = float(model.bits_per_token)
     t0 = time.perf_counter()
     if not video:
         x = load_image(inp, max_pixels=args.max_pixels)
         H, W = x.shape[-2:]
-        idx = model.encode(x[None], amp=args.amp)
+        idx = model.encode(x[None].to(model.device), amp=args.amp)
         rec = model.decode(idx, size=(H, W), amp=args.amp)[0]
         rec8 = to_uint8(rec).astype(np.float64)
         ref = ((x.double().clamp(-1, 1) + 1) * 127.5).movedim(0, -1).numpy()
@@ -87,7 +87,7 @@ def cmd_reconstruct(args) -> int:
         H, W = info["height"], info["width"]
         with video_writer(out, info["fps"], args) as writer:
             for frames in chunks(iter_video_frames(inp, max_frames=args.max_frames, max_pixels=args.max_pixels), n):
-                x = from_uint8(frames)
+                x = from_uint8(frames).to(model.device)
                 idx = encode_frames(model, x, amp=args.amp)
                 rec8 = to_uint8(decode_frames(model, idx, (H, W), amp=args.amp))
                 sse += float(((rec8.astype(np.float64) - frames) ** 2).sum())
@@ -118,17 +118,17 @@ def cmd_tokenize(args) -> int:
     if is_video_path(out):
         raise InputError(f"{out}: token files are .npz archives")
     setup_torch(args)
-    model = resolve_model(args.model)
+    model = resolve_model(args.model, args.device)
     t0 = time.perf_counter()
     if not video:
         x = load_image(inp, max_pixels=args.max_pixels)
         H, W = x.shape[-2:]
-        indices = model.encode(x[None], amp=args.amp)[0]
+        indices = model.encode(x[None].to(model.device), amp=args.amp)[0].cpu()
         frames, fps = 0, 0.0
     else:
         info = video_info(inp, max_pixels=args.max_pixels)
         H, W, fps = info["height"], info["width"], info["fps"]
-        parts = [encode_frames(model, from_uint8(f), amp=args.amp)
+        parts = [encode_frames(model, from_uint8(f).to(model.device), amp=args.amp).cpu()
                  for f in chunks(iter_video_frames(inp, max_frames=args.max_frames, max_pixels=args.max_pixels), video_chunk(model))]
         indices = np.concatenate([p.numpy() for p in parts]) if parts else None
         if indices is None:
@@ -163,7 +163,7 @@ def cmd_detokenize(args) -> int:
     video = idx_np.ndim == 3
     check_kinds(inp, out, video)
     setup_torch(args)
-    model = resolve_model(args.model)
+    model = resolve_model(args.model, args.device)
     if tok["patch_size"] != model.patch_size or abs(tok["bits"] - float(model.bits_per_token)) > 1e-9:
         raise InputError(f"{inp}: tokens are for patch {tok['patch_size']} / {tok['bits']:g} bits, the model has "
                          f"patch {model.patch_size} / {float(model.bits_per_token):g} bits")

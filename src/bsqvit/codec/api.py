@@ -264,10 +264,12 @@ def decode_tokens(data: bytes, prior=None, limits: Limits | None = None,
 # ---- tensors ------------------------------------------------------------------------------------------
 def tokenize(model, x: torch.Tensor, amp: bool = False) -> np.ndarray:
     """(3, H, W) -> (1, h, w); (3, T, H, W) -> (T, h, w): the calls of ``bsqvit reconstruct``."""
+    x = x.to(model.device)
     if x.ndim == 3:
-        return model.encode(x[None], amp=amp)[0].numpy()[None]
+        return model.encode(x[None], amp=amp)[0].cpu().numpy()[None]
     n = _chunk_frames(model)
-    return np.concatenate([encode_frames(model, x[:, s : s + n], amp=amp).numpy() for s in range(0, x.shape[1], n)])
+    return np.concatenate([encode_frames(model, x[:, s : s + n], amp=amp).cpu().numpy()
+                           for s in range(0, x.shape[1], n)])
 
 
 def compress(x: torch.Tensor, model, prior=None, fps: float = 25.0, options: CodecOptions | None = None,
@@ -320,11 +322,12 @@ def _decode_pixels(model, header: Header, token_blocks: Iterator[np.ndarray], am
 
 def decompress(data: bytes, model, prior=None, limits: Limits | None = None, amp: bool = False,
                options: CodecOptions | None = None) -> torch.Tensor:
-    """``.bsq`` bytes -> pixels in [-1, 1]: (3, H, W) for an image, (3, T, H, W) for a video."""
+    """``.bsq`` bytes -> pixels in [-1, 1] on the CPU: (3, H, W) for an image, (3, T, H, W) for a
+    video. The tokenizer runs where its weights are; the prior's integer arithmetic decides the bits."""
     header, chunks = read_container(data, limits)
     check_decoders(header, model, prior)
     blocks = _in_codebook(iter_decode_tokens(header, chunks, prior, options), model)
     if header.media == "image":
         tokens = next(blocks)
-        return model.decode(torch.from_numpy(tokens), size=(header.height, header.width), amp=amp)[0]
-    return torch.cat(list(_decode_pixels(model, header, blocks, amp=amp)), dim=1)
+        return model.decode(torch.from_numpy(tokens), size=(header.height, header.width), amp=amp)[0].cpu()
+    return torch.cat([px.cpu() for px in _decode_pixels(model, header, blocks, amp=amp)], dim=1)

@@ -63,7 +63,8 @@ def compress_file(inp, out, model, prior=None, options: CodecOptions | None = No
         info = video_info(inp, max_pixels=max_pixels)
         H, W, fps = info["height"], info["width"], info["fps"]
         frames = iter_video_frames(inp, max_frames=max_frames, max_pixels=max_pixels)
-        parts = [encode_frames(model, from_uint8(f), amp=amp).numpy() for f in frame_chunks(frames, _chunk_frames(model))]
+        parts = [encode_frames(model, from_uint8(f).to(model.device), amp=amp).cpu().numpy()
+                 for f in frame_chunks(frames, _chunk_frames(model))]
         if not parts:
             raise InputError(f"{inp}: no frames selected")
         tokens = np.concatenate(parts)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..codec.api import CodecOptions, base_header, decode_tokens, decompress, encode_tokens, summarize, token_bits, tokenize
 from ..codec.container import FORMAT_LIMITS
@@ -219,31 +220,35 @@ def _bd_rates(points: list[dict]) -> dict:
 
 # ---- the run -----------------------------------------------------------------------------------------------
 def _measure(data: str, models: list[tuple], priors: list[tuple], video: bool, limit: int | None, max_frames: int,
-             codecs: list[str], metrics: Metrics) -> tuple[dict[str, list[dict]], list[str]]:
+             codecs: list[str], metrics: Metrics, progress: bool = False) -> tuple[dict[str, list[dict]], list[str]]:
     """(series label -> per-item points, item names) of every baseline and model on every item."""
     per: dict[str, list[dict]] = {}
     items = []
-    with tempfile.TemporaryDirectory() as td:
+    bar = tqdm(desc=f"rate-distortion ({', '.join(codecs)})", unit=" item", disable=not progress, leave=False)
+    with tempfile.TemporaryDirectory() as td, bar:
         for name, ref, fps in _load_items(data, video, limit, max_frames):
+            bar.set_postfix_str(name)
             items.append(name)
             _baseline_points(per, name, ref, fps, codecs, video, metrics, Path(td))
             x = from_uint8(ref)
             for mname, model in models:
                 _our_points(per, name, ref, x, fps, mname, model, priors, video, metrics)
+            bar.update()
     return per, items
 
 
 def run_rd(data: str, models: list[str], priors: list[str], video: bool = False, limit: int | None = None,
            max_frames: int = 16, codecs: list[str] | None = None, lpips: bool = True, json_out=None, md_out=None,
-           plot_out=None, progress: bool = False, extra: dict[str, list[dict]] | None = None) -> dict:
+           plot_out=None, progress: bool = False, extra: dict[str, list[dict]] | None = None,
+           device: str = "cpu") -> dict:
     """The report (see the module docstring). ``extra``: per-item points of our codec measured
     elsewhere (label -> list of dicts as the ones built here), added as series of their own."""
     available = _choose_codecs(video, codecs)
     metrics = Metrics(lpips)
-    loaded_models = [(Path(m).name or str(m), BSQViT.from_pretrained(m).eval()) for m in models]
+    loaded_models = [(Path(m).name or str(m), BSQViT.from_pretrained(m).to(device).eval()) for m in models]
     loaded_priors = [(_prior_name(p), TokenPrior.from_pretrained(p).eval()) for p in priors]
     t_start = time.time()
-    per, items = _measure(data, loaded_models, loaded_priors, video, limit, max_frames, available, metrics)
+    per, items = _measure(data, loaded_models, loaded_priors, video, limit, max_frames, available, metrics, progress)
     for label, lst in (extra or {}).items():
         per[label] = list(lst)
     points = _mean_points(per)

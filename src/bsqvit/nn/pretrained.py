@@ -149,3 +149,8 @@ class PretrainedModule(nn.Module, PyTorchModelHubMixin, library_name="bsqvit"):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (the device inputs must be moved to)."""
+        return next(self.parameters()).device
