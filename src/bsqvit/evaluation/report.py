@@ -12,15 +12,14 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from ..io import VideoWriter, atomic_path
-from ..io.grid import grid_layout, tile
+from ..io.grid import captioned_tile
 
 __all__ = ["error_map", "image_grid", "frame_strip", "side_by_side_video", "ERROR_GAIN"]
 
 ERROR_GAIN = 4.0
-_CAPTION_H = 14
 # inferno at 0, .25, .5, .75, 1 (fallback when matplotlib is missing)
 _INFERNO = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float64)
 
@@ -53,21 +52,6 @@ def _fit(a: np.ndarray, max_side: int) -> Image.Image:
     return img
 
 
-def _font():
-    try:
-        return ImageFont.load_default()
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _caption(draw: ImageDraw.ImageDraw, xy, text: str, width: int) -> None:
-    font = _font()
-    t = text
-    while len(t) > 4 and draw.textlength(t, font=font) > width - 4:
-        t = t[:-4] + "..."
-    draw.text((xy[0] + 2, xy[1] + 1), t, fill=(230, 230, 230), font=font)
-
-
 def image_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray, str]], path: str | Path, max_side: int = 256,
                gain: float = ERROR_GAIN) -> None:
     """PNG with one row per item: original | reconstruction | error map.
@@ -83,15 +67,7 @@ def image_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray, str]], path: st
 
 
 def _save_rows(tiles: list[list[tuple[str, Image.Image]]], path) -> None:
-    pad = 2
-    images = [[np.asarray(t) for _, t in row] for row in tiles]
-    layout = dict(gap=pad, border=pad, uniform=False, caption_h=_CAPTION_H)
-    canvas = Image.fromarray(tile(images, fill=(24, 24, 24), **layout))
-    _, positions = grid_layout([[a.shape[:2] for a in row] for row in images], **layout)
-    draw = ImageDraw.Draw(canvas)
-    for row, row_pos in zip(tiles, positions):
-        for (cap, t), xy in zip(row, row_pos):
-            _caption(draw, xy, cap, t.width)
+    canvas = Image.fromarray(captioned_tile([[(cap, np.asarray(t)) for cap, t in row] for row in tiles]))
     with atomic_path(path, suffix=".png") as tmp:
         canvas.save(tmp, format="PNG", optimize=True)
 

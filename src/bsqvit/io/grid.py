@@ -1,6 +1,7 @@
-"""Image grids: the one function that tiles uint8 ``(H, W, 3)`` images into a single picture.
+"""Image grids: the one function that tiles uint8 ``(H, W, 3)`` images into a single picture
+(:func:`tile`), and the same with a caption above every image (:func:`captioned_tile`).
 
-Used by the training sample grids, the generator's class grids and the evaluation reports.
+Used by the training sample grids, the generator's class grids, the demo and the evaluation reports.
 """
 
 from __future__ import annotations
@@ -8,8 +9,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["grid_layout", "tile"]
+__all__ = ["captioned_tile", "grid_layout", "tile"]
+
+CAPTION_H = 14  # pixels above each image for its caption (Pillow's default bitmap font)
 
 
 def grid_layout(shapes: Sequence[Sequence[tuple[int, int]]], gap: int = 2, border: int = 0,
@@ -54,3 +58,21 @@ def tile(rows: Sequence[Sequence[np.ndarray]], gap: int = 2, border: int = 0, fi
         for a, (x, y) in zip(row, row_pos):
             out[y + caption_h : y + caption_h + a.shape[0], x : x + a.shape[1]] = a
     return out
+
+
+def captioned_tile(rows: Sequence[Sequence[tuple[str, np.ndarray]]], gap: int = 2, border: int = 2,
+                   fill=(24, 24, 24), text_fill=(230, 230, 230), uniform: bool = False) -> np.ndarray:
+    """Rows of ``(caption, uint8 image)`` -> one uint8 image, each caption above its image
+    (shortened with ``...`` to the image's width)."""
+    images = [[a for _, a in row] for row in rows]
+    layout = dict(gap=gap, border=border, uniform=uniform, caption_h=CAPTION_H)
+    canvas = Image.fromarray(tile(images, fill=fill, **layout))
+    _, positions = grid_layout([[a.shape[:2] for a in row] for row in images], **layout)
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for row, row_pos in zip(rows, positions):
+        for (text, a), (x, y) in zip(row, row_pos):
+            while len(text) > 4 and draw.textlength(text, font=font) > a.shape[1] - 4:
+                text = text[:-4] + "..."
+            draw.text((x + 2, y + 1), text, fill=text_fill, font=font)
+    return np.asarray(canvas)
