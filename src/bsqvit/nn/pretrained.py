@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
-from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from safetensors.torch import load_file
 
 from ..config import resolve_config, to_dict
@@ -149,6 +149,25 @@ class PretrainedModule(nn.Module, PyTorchModelHubMixin, library_name="bsqvit"):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def generate_model_card(self, *args, metrics: dict | None = None, recipe: str | None = None,
+                            description: str | None = None, **kwargs) -> ModelCard:
+        """The ``README.md`` that ``save_pretrained`` and ``push_to_hub`` write: what the model is,
+        how to load it, its weights hash, size and config, and (``model_card_kwargs``) its
+        ``metrics`` (name -> value), training ``recipe`` (e.g. the config YAML) and ``description``."""
+        name = type(self).__name__
+        doc = (type(self).__doc__ or "").strip().splitlines()
+        lines = [f"# {name}", "", description or (doc[0] if doc else name), "",
+                 "Made with bsqvit (`pip install bsqvit`):", "", "```python",
+                 f"from {type(self).__module__} import {name}", "", f'model = {name}.from_pretrained("<repo id or folder>")',
+                 "```", "", "| | |", "|---|---|", f"| weights hash (SHA-256 of config and tensors) | `{self.weights_hash()}` |",
+                 f"| parameters | {self.num_parameters():,} |"]
+        lines += [f"| {k} | {v} |" for k, v in (metrics or {}).items()]
+        lines += ["", "## Config", "", "```json", json.dumps(to_dict(self.config), indent=2, sort_keys=True), "```"]
+        if recipe:
+            lines += ["", "## Training recipe", "", "```yaml", recipe.strip(), "```"]
+        data = self._hub_mixin_info.model_card_data
+        return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
 
     @property
     def device(self) -> torch.device:
