@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import ConfigError
-from ..nn import Block, PretrainedModule, use_flat_block_names
+from ..nn import Block, PretrainedModule, init_gpt, use_flat_block_names
 from ..pretrained import default_dir
 from ..quantizers.base import join_groups, split_groups  # noqa: F401  (re-exported)
 
@@ -199,16 +199,7 @@ class TokenPrior(
         self._init()
 
     def _init(self):
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, std=0.02)
-        nn.init.normal_(self.start, std=0.02)
-        for blk in self.blocks:  # scaled residual branches (GPT-2)
-            nn.init.trunc_normal_(blk.attn.proj.weight, std=0.02 / math.sqrt(2 * self.config.layers))
-            nn.init.trunc_normal_(blk.mlp.proj.weight, std=0.02 / math.sqrt(2 * self.config.layers))
+        init_gpt(self, self.blocks, self.config.layers, extra=(self.start,))
 
     # ---- shared pieces --------------------------------------------------------------------------
     def embed_tokens(self, tokens: Tensor) -> Tensor:

@@ -27,7 +27,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..config import ConfigError
-from ..nn import Block, PretrainedModule
+from ..nn import Block, PretrainedModule, init_gpt
 from ..quantizers.base import join_groups, split_groups  # noqa: F401  (re-exported)
 
 EMBEDDINGS = ("groups", "code")
@@ -110,17 +110,7 @@ class MaskedTokenModel(
         self._init()
 
     def _init(self):
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, std=0.02)
-        nn.init.normal_(self.mask_emb, std=0.02)
-        for blk in self.blocks:  # scaled residual branches (GPT-2)
-            nn.init.trunc_normal_(blk.attn.proj.weight, std=0.02 / math.sqrt(2 * self.config.layers))
-            nn.init.trunc_normal_(blk.mlp.proj.weight, std=0.02 / math.sqrt(2 * self.config.layers))
+        init_gpt(self, self.blocks, self.config.layers, extra=(self.mask_emb,))
 
     @property
     def null_class(self) -> int:

@@ -9,6 +9,7 @@ them at save and load time (see :func:`use_flat_block_names`).
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -151,4 +152,22 @@ def use_flat_block_names(module: nn.Module, attr: str = "blocks") -> None:
     module.register_load_state_dict_pre_hook(from_file)
 
 
-__all__ = ["Attention", "MLP", "Block", "FLAT_BLOCK_NAMES", "use_flat_block_names"]
+def init_gpt(module: nn.Module, blocks, layers: int, extra: tuple[nn.Parameter, ...] = ()) -> None:
+    """GPT-2 initialisation: every Linear truncated N(0, 0.02) with zero bias, every Embedding and
+    each of ``extra`` N(0, 0.02), then the residual output projections of ``blocks`` scaled by
+    ``1 / sqrt(2 * layers)`` (in that order, so a seed gives the same weights as before)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+    for p in extra:
+        nn.init.normal_(p, std=0.02)
+    for blk in blocks:
+        nn.init.trunc_normal_(blk.attn.proj.weight, std=0.02 / math.sqrt(2 * layers))
+        nn.init.trunc_normal_(blk.mlp.proj.weight, std=0.02 / math.sqrt(2 * layers))
+
+
+__all__ = ["Attention", "MLP", "Block", "init_gpt", "FLAT_BLOCK_NAMES", "use_flat_block_names"]
