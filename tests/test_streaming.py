@@ -10,9 +10,10 @@ from bsqvit.models.streaming import NotStreamableError, StreamingDecoder, Stream
 from bsqvit.models.transformer import attention_mask, patchify, unpatchify
 from bsqvit.nn import Block
 
-# decoded pixels: not bitwise (BLAS sums in another order for a shorter sequence); measured
-# differences are about 1e-15 (float64) and 1e-7 (float32)
-PIXEL_ATOL = {torch.float64: 1e-12, torch.float32: 1e-5}
+# Decoded pixels are not bitwise equal: BLAS sums in another order for a shorter sequence, so the
+# features differ by ~1e-15 (float64 model) or ~1e-7 (float32). Pixels come out as float32 either
+# way, so a float64 model may still differ by one float32 rounding step (1.2e-7 at 1.0).
+PIXEL_ATOL = {torch.float64: 2.5e-7, torch.float32: 1e-5}
 H, W = 20, 28  # not multiples of the patch: padding and cropping on the way
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: one thread is faster on a busy machine
