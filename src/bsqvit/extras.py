@@ -18,6 +18,8 @@ OPTIONAL = {
     "pytorch_msssim": ("pytorch-msssim", "eval"),
     "torch.utils.tensorboard": ("tensorboard", "train"),
     "omegaconf": ("omegaconf", "official"),
+    "onnx": ("onnx", "export"),
+    "onnxruntime": ("onnxruntime", "export"),
 }
 
 
