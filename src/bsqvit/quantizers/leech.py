@@ -230,7 +230,7 @@ def nearest(z: Tensor, chunk_size: int = 2048) -> Tensor:
     The code with the largest inner product with ``z`` (equivalently the nearest on the sphere
     after normalising ``z``); ties go to the smallest index. Exact for float32 inputs and for
     float64 inputs whose scores float64 represents exactly (see ``docs/LEECH.md``). Runs on
-    ``z``'s device, ``chunk_size`` tokens at a time (about 100 kB of work memory per token).
+    ``z``'s device, ``chunk_size`` tokens at a time (about 60 kB of work memory per token).
     Inputs must be finite.
     """
     if z.shape[-1] != DIM:
