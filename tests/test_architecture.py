@@ -21,7 +21,7 @@ LAYERS = [
     ["train"],
     ["codec"],
     ["generate"],
-    ["evaluation"],
+    ["evaluation", "export"],
     ["demo"],
     ["cli"],
     ["__main__"],

@@ -46,6 +46,7 @@ from .common import (  # the shared helpers, importable from bsqvit.cli
 )
 from .demo import add_demo
 from .evaluate import EVAL_COMMANDS
+from .export import EXPORT_COMMANDS
 from .generate import GEN_COMMANDS
 from .model import MODEL_COMMANDS
 from .train import TRAIN_COMMANDS
@@ -63,6 +64,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     *EVAL_COMMANDS,
     *CODEC_COMMANDS,
     *GEN_COMMANDS,
+    *EXPORT_COMMANDS,
 ]
 
 

@@ -40,6 +40,7 @@ from ..models.transformer import ViT
 from ..version import __version__
 
 DEFAULT_OPSET = 17  # the first opset with LayerNormalization; onnxruntime >= 1.14 runs it
+OPSETS = range(14, 22)  # 14: scaled_dot_product_attention in the TorchScript exporter
 FORMAT_VERSION = 1
 ENCODER_FILE, DECODER_FILE, META_FILE = "encoder.onnx", "decoder.onnx", "export.json"
 
@@ -195,8 +196,8 @@ def export_onnx(model, out_dir: str | os.PathLike, opset: int = DEFAULT_OPSET, i
     (default: the training size); the graphs accept any size. Returns the metadata."""
     onnx = require("onnx", "ONNX export")
     check_exportable(model)
-    if not 14 <= opset <= 21:
-        raise InputError(f"opset must be in 14..21, got {opset}")
+    if opset not in OPSETS:
+        raise InputError(f"opset must be in {OPSETS[0]}..{OPSETS[-1]}, got {opset}")
     H, W = image_size or tuple(model.config.image_size)
     model = model.float().eval()
     enc, dec = ImageEncoder(model).eval(), ImageDecoder(model).eval()
@@ -215,4 +216,4 @@ def export_onnx(model, out_dir: str | os.PathLike, opset: int = DEFAULT_OPSET, i
     return meta
 
 
-__all__ = ["export_onnx", "ImageEncoder", "ImageDecoder", "check_exportable", "metadata", "DEFAULT_OPSET"]
+__all__ = ["OPSETS", "export_onnx", "ImageEncoder", "ImageDecoder", "check_exportable", "metadata", "DEFAULT_OPSET"]
