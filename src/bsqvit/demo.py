@@ -128,7 +128,10 @@ def compare_at_equal_rate(points: list[dict], ours: dict, codecs) -> dict:
         if at_rate is not None:
             text = f"{codec} at {ours['bpp']:.4f} bpp: {at_rate:.2f} dB, so ours is {ours['psnr'] - at_rate:+.2f} dB"
         else:
-            text = f"{codec}: its sweep spans {rate[0]:.3f}-{rate[-1]:.3f} bpp, not our rate"
+            k = 0 if ours["bpp"] < rate[0] else len(rate) - 1  # the sweep's point nearest our rate
+            text = (f"{codec}: its sweep spans {rate[0]:.3f}-{rate[-1]:.3f} bpp, not our rate; its "
+                    f"{'lowest' if k == 0 else 'highest'} point is {rate[k]:.4f} bpp at {dist[k]:.2f} dB, so ours uses "
+                    f"{100 * (ours['bpp'] / rate[k] - 1):+.1f} % rate for {ours['psnr'] - dist[k]:+.2f} dB")
         if at_psnr is not None:
             text += f"; {codec} needs {at_psnr:.4f} bpp for {ours['psnr']:.2f} dB ({100 * (ours['bpp'] / at_psnr - 1):+.1f} % rate for ours)"
         lines.append(text)
