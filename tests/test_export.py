@@ -14,11 +14,11 @@ import torch
 onnx = pytest.importorskip("onnx", reason="ONNX export needs the 'export' extra (onnx)")
 ort = pytest.importorskip("onnxruntime", reason="ONNX export tests need the 'export' extra (onnxruntime)")
 
-from bsqvit import pretrained  # noqa: E402
-from bsqvit.cli import main  # noqa: E402
-from bsqvit.export import export_onnx  # noqa: E402
-from bsqvit.io import InputError, to_uint8  # noqa: E402
-from bsqvit.models import BSQViT  # noqa: E402
+from bsqvit import pretrained
+from bsqvit.cli import main
+from bsqvit.export import export_onnx
+from bsqvit.io import InputError, to_uint8
+from bsqvit.models import BSQViT
 
 TOKENIZER = Path(__file__).parent / "data" / "codec" / "tokenizer"  # patch 4, training size 8x8
 
@@ -143,7 +143,7 @@ def one_line_error(rc, err):
 
 
 def test_cli_export_and_no_overwrite_without_force(tmp_path, capsys, exported):
-    model, ref, _ = exported
+    model = exported[0]
     out = tmp_path / "out"
     rc, stdout, err = run_cli(capsys, "export", "--format", "onnx", "--model", TOKENIZER, out)
     assert rc == 0, err

@@ -4,8 +4,16 @@ width (``bsqvit export --format onnx``; ``docs/EXPORT.md``). Needs the ``export`
 
 from __future__ import annotations
 
-from .onnx import DEFAULT_OPSET, OPSETS, ImageDecoder, ImageEncoder, check_exportable, export_onnx, metadata
+from .onnx import (
+    DEFAULT_OPSET,
+    OPSETS,
+    ImageDecoder,
+    ImageEncoder,
+    check_exportable,
+    export_onnx,
+    metadata,
+)
 
 FORMATS = ("onnx",)
 
-__all__ = ["DEFAULT_OPSET", "OPSETS", "FORMATS", "ImageDecoder", "ImageEncoder", "check_exportable", "export_onnx", "metadata"]
+__all__ = ["DEFAULT_OPSET", "FORMATS", "OPSETS", "ImageDecoder", "ImageEncoder", "check_exportable", "export_onnx", "metadata"]

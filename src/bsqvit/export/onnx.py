@@ -30,9 +30,8 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..extras import require
 from ..io import InputError, atomic_dir
@@ -216,4 +215,4 @@ def export_onnx(model, out_dir: str | os.PathLike, opset: int = DEFAULT_OPSET, i
     return meta
 
 
-__all__ = ["OPSETS", "export_onnx", "ImageEncoder", "ImageDecoder", "check_exportable", "metadata", "DEFAULT_OPSET"]
+__all__ = ["DEFAULT_OPSET", "OPSETS", "ImageDecoder", "ImageEncoder", "check_exportable", "export_onnx", "metadata"]
