@@ -47,13 +47,15 @@ def test_step_block_equals_block_causal_forward():
     blk = Block(32, 4).double().eval()
     n, T = 6, 5
     x = torch.randn(2, T * n, 32, dtype=torch.float64)
+    cache = torch.zeros(2, 2, 4, T * n, 8, dtype=torch.float64)
+    b = torch.arange(T * n) // n
+    banded = (b[:, None] >= b[None, :]) & (b[:, None] - b[None, :] <= 1)  # this block and the one before
     with torch.no_grad():
-        ref = blk(x, attention_mask("block-causal", T, n, 1))
-        k = v = None
-        for t in range(T):
-            y, k, v = blk.step_block(x[:, t * n : (t + 1) * n], k, v)
-            torch.testing.assert_close(y, ref[:, t * n : (t + 1) * n], rtol=0, atol=1e-13)
-        assert k.shape == (2, 4, T * n, 8)
+        for mask, begin in ((attention_mask("block-causal", T, n, 1), lambda t: 0), (banded, lambda t: max(0, t - 1) * n)):
+            ref = blk(x, mask)
+            for t in range(T):
+                y = blk.step_block(x[:, t * n : (t + 1) * n], cache, t * n, begin(t))
+                torch.testing.assert_close(y, ref[:, t * n : (t + 1) * n], rtol=0, atol=1e-13)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -91,21 +91,42 @@ class _Schedule:
         k = frame // b
         return b, min(k, self.window - 1) * b, False, self.window - 1
 
+    def cache_frames(self) -> int:
+        """Frames the preallocated cache holds: one clip, or two windows (moved back when full)."""
+        return self.clip if self.window is None else (2 * (self.window - 1) + 1) * self.block
+
 
 class CachedTrunk:
-    """A :class:`ViT` run block by block with a key/value cache per layer."""
+    """A :class:`ViT` run block by block with a preallocated key/value cache per layer.
 
-    def __init__(self, vit: ViT):
-        self.vit = vit
+    The cache holds ``capacity_frames`` frames; positions ``[begin, start)`` are the ones the next
+    block attends to. Allocated once per stream, so memory does not depend on its length."""
+
+    def __init__(self, vit: ViT, capacity_frames: int):
+        self.vit, self.capacity_frames = vit, capacity_frames
         self._spatial: dict[tuple[int, int], Tensor] = {}
+        self.cache: Tensor | None = None  # (layers, 2, B, heads, capacity, head_dim)
         self.reset()
 
     def reset(self) -> None:
-        self.cache: list[tuple[Tensor | None, Tensor | None]] = [(None, None)] * len(self.vit.blocks)
+        self.begin = self.start = 0
 
     def cached_tokens(self) -> int:
-        k = self.cache[0][0]
-        return 0 if k is None else k.shape[2]
+        return self.start - self.begin
+
+    def _make_room(self, h: Tensor, n: int, tokens_per_frame: int) -> None:
+        cap = self.capacity_frames * tokens_per_frame
+        if self.cache is None or self.cache.shape[2] != h.shape[0] or self.cache.shape[4] != cap:
+            dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+            heads = self.vit.blocks[0].attn.heads
+            shape = (len(self.vit.blocks), 2, h.shape[0], heads, cap, h.shape[-1] // heads)
+            self.cache = torch.empty(shape, dtype=dtype, device=h.device)
+        if self.start + n > cap:  # sliding window: move the kept positions to the front
+            kept = self.cache[..., self.begin : self.start, :]
+            if self.begin < self.start - self.begin:  # would overlap (not with the schedule's capacity)
+                kept = kept.clone()
+            self.cache[..., : self.start - self.begin, :] = kept
+            self.begin, self.start = 0, self.start - self.begin
 
     def positions(self, pos0: int, t: int, grid: tuple[int, int]) -> Tensor:
         """The position embedding of ``t`` frames from temporal position ``pos0``: the rows
@@ -122,17 +143,19 @@ class CachedTrunk:
         return pe.repeat(t, 1) + temporal[pos0 : pos0 + t].repeat_interleave(pe.shape[0], 0)
 
     def step(self, h: Tensor, pos0: int, thw: tuple[int, int, int], keep_tokens: int | None) -> Tensor:
-        """One block ``h`` (B, t*h*w, D) -> trunk output; the cache then keeps the last
-        ``keep_tokens`` positions (None: all)."""
+        """One block ``h`` (B, t*h*w, D) -> trunk output; the next block then attends to the last
+        ``keep_tokens`` positions (None: all since the last reset)."""
+        n = h.shape[1]
+        self._make_room(h, n, thw[1] * thw[2])
         x = h + self.positions(pos0, thw[0], thw[1:]).to(h.dtype)
         x = self.vit.ln_pre(x)
         for i, blk in enumerate(self.vit.blocks):
-            x, k, v = blk.step_block(x, *self.cache[i])
-            if keep_tokens == 0:
-                k = v = None
-            elif keep_tokens is not None and k.shape[2] > keep_tokens:
-                k, v = k[:, :, -keep_tokens:], v[:, :, -keep_tokens:]
-            self.cache[i] = (k, v)
+            x = blk.step_block(x, self.cache[i], self.start, self.begin)
+        self.start += n
+        if keep_tokens == 0:
+            self.reset()
+        elif keep_tokens is not None:
+            self.begin = max(self.begin, self.start - keep_tokens)
         return self.vit.ln_post(x)
 
 
@@ -144,7 +167,7 @@ class _Streamer:
         cfg = model.config
         self.model, self.amp, self.dim = model, amp, dim  # dim: the time axis of the inputs
         self.schedule = _Schedule(cfg.num_frames, cfg.mask_block_size, window)
-        self.trunk = CachedTrunk(vit)
+        self.trunk = CachedTrunk(vit, self.schedule.cache_frames())
         self.frame = 0  # stream frames already computed
         self._buf: list[Tensor] = []
         self._buffered = 0

@@ -52,23 +52,21 @@ class Attention(nn.Module):
         cache[1, :, :, t : t + 1] = v
         return self._merge(F.scaled_dot_product_attention(q, cache[0, :, :, : t + 1], cache[1, :, :, : t + 1]))
 
-    def forward_cached(
-        self, x: Tensor, past_k: Tensor | None = None, past_v: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Attention of a block of new positions to themselves and to cached earlier positions.
+    def forward_cached(self, x: Tensor, cache: Tensor, start: int, begin: int = 0) -> Tensor:
+        """Attention of a block of new positions, which all see one another, to themselves and to
+        cached earlier positions: :meth:`step` for a block.
 
-        ``x`` (B, n, D): the new block, whose positions all see one another (no mask inside the
-        block); ``past_k``/``past_v`` (B, heads, m, head_dim): keys and values of the earlier
-        positions they also see (None: none). Returns ``(y, keys, values)``: ``y`` (B, n, D) and the
-        keys/values of past and new positions together (B, heads, m + n, head_dim), the next
-        block's cache. Equals the rows of the new block in ``forward`` over the whole sequence with
-        a block-causal mask, up to floating-point summation order.
+        ``x`` (B, n, D); ``cache`` (2, B, heads, N, head_dim) holds the keys and values of the
+        earlier positions the block sees at ``[begin, start)``; the block's own are written in place
+        at ``[start, start + n)`` and the block attends to ``[begin, start + n)``, unmasked. Equals
+        the block's rows of ``forward`` over the whole sequence with a block-causal mask (a banded
+        one when ``begin > 0``), up to floating-point summation order.
         """
         q, k, v = self._split(x)
-        if past_k is not None:
-            k = torch.cat([past_k, k], 2)
-            v = torch.cat([past_v, v], 2)
-        return self._merge(F.scaled_dot_product_attention(q, k, v)), k, v
+        end = start + q.shape[2]
+        cache[0, :, :, start:end] = k
+        cache[1, :, :, start:end] = v
+        return self._merge(F.scaled_dot_product_attention(q, cache[0, :, :, begin:end], cache[1, :, :, begin:end]))
 
 
 class MLP(nn.Module):
@@ -109,15 +107,12 @@ class Block(nn.Module):
         x = x + self.attn.step(self.ln1(x), cache, t)
         return x + self.mlp(self.ln2(x))
 
-    def step_block(
-        self, x: Tensor, past_k: Tensor | None = None, past_v: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """A block of new positions with a key/value cache of earlier ones (see
-        :meth:`Attention.forward_cached`): returns ``(x, keys, values)``, keys/values covering past
-        and new positions."""
-        a, k, v = self.attn.forward_cached(self.ln1(x), past_k, past_v)
-        x = x + a
-        return x + self.mlp(self.ln2(x)), k, v
+    def step_block(self, x: Tensor, cache: Tensor, start: int, begin: int = 0) -> Tensor:
+        """A block of new positions with a key/value ``cache`` of earlier ones (see
+        :meth:`Attention.forward_cached`); equals the block's rows of ``forward`` with a
+        block-causal mask."""
+        x = x + self.attn.forward_cached(self.ln1(x), cache, start, begin)
+        return x + self.mlp(self.ln2(x))
 
 
 # Module names -> the names some files use for them ("flat" blocks, docs/FORMAT.md section 4).
