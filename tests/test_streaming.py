@@ -5,8 +5,17 @@ import pytest
 import torch
 
 from bsqvit import BSQViT
-from bsqvit.models.frames import decode_frames, encode_frames, stream_decode_frames, stream_encode_frames
-from bsqvit.models.streaming import NotStreamableError, StreamingDecoder, StreamingEncoder
+from bsqvit.models.frames import (
+    decode_frames,
+    encode_frames,
+    stream_decode_frames,
+    stream_encode_frames,
+)
+from bsqvit.models.streaming import (
+    NotStreamableError,
+    StreamingDecoder,
+    StreamingEncoder,
+)
 from bsqvit.models.transformer import attention_mask, patchify, unpatchify
 from bsqvit.nn import Block
 

@@ -8,7 +8,7 @@ block (see :mod:`bsqvit.models.streaming`).
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 

@@ -39,7 +39,7 @@ token-level ``"causal"`` mask cannot be computed block by block and are refused.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -286,6 +286,11 @@ def decode_stream(
 
 
 __all__ = [
-    "NotStreamableError", "check_streamable", "CachedTrunk", "StreamingEncoder", "StreamingDecoder",
-    "encode_stream", "decode_stream",
+    "CachedTrunk",
+    "NotStreamableError",
+    "StreamingDecoder",
+    "StreamingEncoder",
+    "check_streamable",
+    "decode_stream",
+    "encode_stream",
 ]
