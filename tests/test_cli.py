@@ -214,3 +214,29 @@ def test_python_dash_m_entry_point(tmp_path, models, crop):
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "PSNR" in r.stdout and Image.open(out).size == (100, 70)
+
+
+def test_cli_reconstruct_stream_equals_clips(tmp_path, capsys, models):
+    from bsqvit.io import read_video, write_video_lossless
+
+    rng = np.random.default_rng(0)
+    v = torch.from_numpy(rng.uniform(-1, 1, (3, 7, 16, 24)).astype(np.float32))  # 7 frames: 2 clips of 3 + 1
+    write_video_lossless(v, tmp_path / "in.mp4", fps=10)
+    m = models / "tiny-video"
+    outs = {}
+    for name, extra in (("clips", []), ("stream", ["--stream"])):
+        rc, out, err = run_cli(capsys, "reconstruct", tmp_path / "in.mp4", tmp_path / f"{name}.mp4", "--model", m,
+                               "--lossless", *extra)
+        assert rc == 0, err
+        outs[name] = (out, read_video(tmp_path / f"{name}.mp4")[0])
+    assert outs["stream"][1].shape == outs["clips"][1].shape == (3, 7, 16, 24)
+    assert (outs["stream"][1] - outs["clips"][1]).abs().max() <= 2 / 255  # same tokens; float rounding only
+    psnr = [float(o.split("PSNR ")[1].split(" dB")[0]) for o, _ in outs.values()]
+    assert abs(psnr[0] - psnr[1]) < 0.01
+    rc, _, err = run_cli(capsys, "reconstruct", tmp_path / "in.mp4", tmp_path / "win.mp4", "--model", m,
+                         "--stream", "--stream-window", "2")
+    assert rc == 0, err
+    assert read_video(tmp_path / "win.mp4")[0].shape == (3, 7, 16, 24)
+    rc, _, err = run_cli(capsys, "reconstruct", tmp_path / "in.mp4", tmp_path / "w.mp4", "--model", m,
+                         "--stream", "--stream-window", "0")
+    assert_clean_error(rc, err, tmp_path / "w.mp4")

@@ -27,6 +27,7 @@ from ..io.tokens import load_tokens, save_tokens
 from ..metrics.pixel import psnr_from_sse
 from ..models import BSQViT, get_preset, preset_names
 from ..models.frames import chunks, decode_frames, encode_frames, video_chunk
+from ..models.streaming import NotStreamableError, check_streamable, decode_stream, encode_stream
 from .common import (
     PROG,
     add_input_args,
@@ -59,6 +60,11 @@ def add_reconstruct(sub) -> None:
     add_model_args(p)
     add_input_args(p)
     add_video_out_args(p)
+    p.add_argument("--stream", action="store_true",
+                   help="video, block-causal models: encode and decode frame block by frame block with a "
+                        "key/value cache (same tokens as without; memory of one clip, latency of one block)")
+    p.add_argument("--stream-window", type=int, default=None, metavar="W",
+                   help="with --stream: attend to the last W blocks without clip restarts (docs/STREAMING.md)")
     p.set_defaults(func=cmd_reconstruct)
 
 
@@ -85,11 +91,10 @@ def cmd_reconstruct(args) -> int:
         n = video_chunk(model)
         sse, count, tokens, T = 0.0, 0, 0, 0
         H, W = info["height"], info["width"]
+        frame_iter = iter_video_frames(inp, max_frames=args.max_frames, max_pixels=args.max_pixels)
+        pairs = _stream_pairs(model, frame_iter, (H, W), args) if args.stream else _chunk_pairs(model, frame_iter, n, (H, W), args)
         with video_writer(out, info["fps"], args) as writer:
-            for frames in chunks(iter_video_frames(inp, max_frames=args.max_frames, max_pixels=args.max_pixels), n):
-                x = from_uint8(frames).to(model.device)
-                idx = encode_frames(model, x, amp=args.amp)
-                rec8 = to_uint8(decode_frames(model, idx, (H, W), amp=args.amp))
+            for frames, idx, rec8 in pairs:
                 sse += float(((rec8.astype(np.float64) - frames) ** 2).sum())
                 count += rec8.size
                 tokens += idx.numel()
@@ -98,6 +103,40 @@ def cmd_reconstruct(args) -> int:
         pixels, kind = T * H * W, f"video {T}x{W}x{H} @ {info['fps']:g} fps"
     print(summary(inp, out, kind, psnr_from_sse(sse, count), bits, tokens, pixels, time.perf_counter() - t0))
     return 0
+
+
+def _chunk_pairs(model, frame_iter, n: int, size, args):
+    """(original uint8 frames, their indices, reconstruction uint8) per clip of ``n`` frames."""
+    for frames in chunks(frame_iter, n):
+        idx = encode_frames(model, from_uint8(frames).to(model.device), amp=args.amp)
+        yield frames, idx, to_uint8(decode_frames(model, idx, size, amp=args.amp))
+
+
+def _stream_pairs(model, frame_iter, size, args):
+    """The same per frame block, through the streaming encoder and decoder (one cache each)."""
+    if args.stream_window is not None and args.stream_window < 1:
+        raise InputError(f"--stream-window must be >= 1, got {args.stream_window}")
+    try:
+        check_streamable(model)
+    except NotStreamableError as e:
+        raise InputError(f"--stream: {e}") from None
+    pending, blocks = [], []
+
+    def frames():
+        for f in frame_iter:
+            pending.append(f)
+            yield from_uint8(f[None]).to(model.device)[None]
+
+    def indices():
+        for idx in encode_stream(model, frames(), window=args.stream_window, amp=args.amp):
+            blocks.append(idx[0])
+            yield idx
+
+    for rec in decode_stream(model, indices(), size, window=args.stream_window, amp=args.amp):
+        rec8 = to_uint8(rec[0])
+        ref = np.stack(pending[: len(rec8)])
+        del pending[: len(rec8)]
+        yield ref, blocks.pop(0), rec8
 
 
 # ---- tokenize / detokenize ------------------------------------------------------------------------
