@@ -22,7 +22,7 @@ LAYERS = [
     ["codec"],
     ["generate"],
     ["evaluation", "export"],
-    ["demo"],
+    ["demo", "serve"],
     ["cli"],
     ["__main__"],
 ]

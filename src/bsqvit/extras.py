@@ -20,6 +20,8 @@ OPTIONAL = {
     "omegaconf": ("omegaconf", "official"),
     "onnx": ("onnx", "export"),
     "onnxruntime": ("onnxruntime", "export"),
+    "flask": ("flask", "serve"),
+    "werkzeug": ("flask", "serve"),  # comes with flask
 }
 
 
