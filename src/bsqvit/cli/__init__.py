@@ -49,6 +49,7 @@ from .evaluate import EVAL_COMMANDS
 from .export import EXPORT_COMMANDS
 from .generate import GEN_COMMANDS
 from .model import MODEL_COMMANDS
+from .serve import add_serve
 from .train import TRAIN_COMMANDS
 
 __all__ = [
@@ -65,6 +66,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     *CODEC_COMMANDS,
     *GEN_COMMANDS,
     *EXPORT_COMMANDS,
+    add_serve,
 ]
 
 
