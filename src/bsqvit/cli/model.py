@@ -26,6 +26,8 @@ from ..io import (
 from ..io.tokens import load_tokens, save_tokens
 from ..metrics.pixel import psnr_from_sse
 from ..models import BSQViT, get_preset, preset_names
+from ..quantizers.base import bits_per_token
+from ..quantizers.leech import CODEBOOK_SIZE as LEECH_CODEBOOK_SIZE
 from ..models.frames import chunks, decode_frames, encode_frames, video_chunk
 from ..models.streaming import NotStreamableError, check_streamable, decode_stream, encode_stream
 from .common import (
@@ -244,7 +246,7 @@ def cmd_presets(args) -> int:
             n = BSQViT(cfg).num_parameters()
         q = cfg.quantizer
         print(f"{name:<22} {n:>12,}  {cfg.image_size[0]:>4}x{cfg.image_size[1]:<4}  {cfg.patch_size:>5}  "
-              f"{cfg.num_frames:>6}  {q.type} L={q.dim}")
+              f"{cfg.num_frames:>6}  {q.type} " + (f"dim {q.dim}, {bits_per_token(LEECH_CODEBOOK_SIZE):.2f} bits" if q.type == "leech" else f"L={q.dim}"))
     return 0
 
 

@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import ConfigError
+from ..quantizers.base import index_bits
 from ..io import atomic_path, from_uint8, load_square
 
 log = logging.getLogger("bsqvit.generate.data")
@@ -77,7 +78,7 @@ def extract_gen_tokens(tokenizer, files: list[str], classes: list[str], resoluti
     if resolution % p:
         raise ConfigError(f"resolution {resolution} is not a multiple of the tokenizer's patch size {p}")
     meta = {"tokenizer": tokenizer.weights_hash(), "resolution": resolution, "patch_size": p,
-            "bits": int(tokenizer.quantizer.codebook_size).bit_length() - 1, "flip": flip, "version": CACHE_VERSION}
+            "bits": index_bits(int(tokenizer.quantizer.codebook_size)), "flip": flip, "version": CACHE_VERSION}
     key = hashlib.sha256(json.dumps({**meta, "files": files, "classes": classes}, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"tokens-{key}.npz"
     if path.is_file():
