@@ -12,6 +12,7 @@ import io
 import os
 import shutil
 import struct
+import sys
 import threading
 import zlib
 
@@ -20,6 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bsqvit.cli import main
 from bsqvit.codec import decompress
 from bsqvit.evaluation.baselines import encode_image
 from bsqvit.io import load_image, to_uint8
@@ -177,6 +179,24 @@ def test_page_and_class_samples(client):
     assert [s["name"] for s in got] == [n for n, _ in want] and len(got) == 10
     for s, (_, a) in zip(got, want):
         assert np.array_equal(_pixels(base64.b64decode(s["image"].split(",", 1)[1])), a)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--port", "0"], "--port must be in 1..65535, got 0"),
+    (["--max-upload-mb", "0"], "--max-upload-mb must be > 0"),
+    (["--model", "no/such/dir"], "no/such/dir: not a model directory"),
+])
+def test_command_line_errors_are_one_line(capsys, argv, message):
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_without_flask_the_command_names_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "flask", None)  # import flask fails
+    assert main(["serve", "--port", "8123"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bsqvit serve needs flask" in err and "bsqvit[serve]" in err
 
 
 # ---- a real browser ---------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from .pipeline import DEFAULT_MAX_PIXELS, analyze, center_crop, class_samples, l
 __all__ = ["create_app", "DEFAULT_MAX_UPLOAD", "KEEP", "CROPS"]
 
 DEFAULT_MAX_UPLOAD = 20_000_000  # bytes of a request body (20 MB)
-KEEP = 16  # results kept for downloads
+KEEP = 8  # results kept for downloads (in memory)
 CROPS = (0, 128, 256, 512)  # the page's choices of centre crop (0: the whole image)
 MIME = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp", ".bsq": "application/octet-stream"}
 log = logging.getLogger(__name__)
