@@ -27,7 +27,13 @@ from bsqvit.evaluation.baselines import encode_image
 from bsqvit.io import load_image, to_uint8
 from bsqvit.pretrained import sample_images
 from bsqvit.serve import create_app
-from bsqvit.serve.pipeline import analyze, center_crop, class_samples, encode_at_most, load_models
+from bsqvit.serve.pipeline import (
+    analyze,
+    center_crop,
+    class_samples,
+    encode_at_most,
+    load_models,
+)
 
 pytest.importorskip("flask", reason="the 'serve' extra (flask) is not installed")
 
@@ -232,7 +238,10 @@ def test_in_chromium_the_page_shows_the_librarys_numbers(browser, server_url, cr
     page.set_input_files("#file", str(crop_file))
     page.click("#go")
     page.wait_for_selector("#result:not([hidden])", timeout=180_000)
-    text = lambda sel: page.text_content(sel).strip()  # noqa: E731
+
+    def text(selector: str) -> str:
+        return page.text_content(selector).strip()
+
     for codec, n in expected.numbers.items():
         assert int(text(f"#{codec}-bytes")) == n["bytes"]
         assert float(text(f"#{codec}-bpp")) == pytest.approx(n["bpp"], abs=5e-5)

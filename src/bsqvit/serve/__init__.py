@@ -8,4 +8,4 @@ shows come from :mod:`bsqvit.serve.pipeline`, plain functions of the library API
 from .app import create_app
 from .pipeline import analyze, class_samples, encode_at_most, load_models, read_upload
 
-__all__ = ["create_app", "analyze", "class_samples", "encode_at_most", "load_models", "read_upload"]
+__all__ = ["analyze", "class_samples", "create_app", "encode_at_most", "load_models", "read_upload"]

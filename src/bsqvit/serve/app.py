@@ -32,9 +32,17 @@ from ..extras import require
 from ..io import InputError, load_image, one_line
 from ..pretrained import sample_images
 from . import page
-from .pipeline import DEFAULT_MAX_PIXELS, analyze, center_crop, class_samples, load_models, read_upload, sample_files
+from .pipeline import (
+    DEFAULT_MAX_PIXELS,
+    analyze,
+    center_crop,
+    class_samples,
+    load_models,
+    read_upload,
+    sample_files,
+)
 
-__all__ = ["create_app", "DEFAULT_MAX_UPLOAD", "KEEP", "CROPS"]
+__all__ = ["CROPS", "DEFAULT_MAX_UPLOAD", "KEEP", "create_app"]
 
 DEFAULT_MAX_UPLOAD = 20_000_000  # bytes of a request body (20 MB)
 KEEP = 8  # results kept for downloads (in memory)
@@ -103,6 +111,13 @@ def _response(name: str, rid: str, res) -> dict:
             "files": {k: url + k + "?download=1" for k in res.files}}
 
 
+def _shipped_samples() -> Path | None:
+    try:
+        return sample_images()
+    except InputError:  # an install without the sample photos: uploads only
+        return None
+
+
 def create_app(model_dir=None, device: str = "cpu", max_pixels: int | None = DEFAULT_MAX_PIXELS,
                max_upload: int = DEFAULT_MAX_UPLOAD, samples_dir=None):
     """The Flask app. ``model_dir`` None: the embedded tokenizer; ``samples_dir`` None: the photos
@@ -111,7 +126,7 @@ def create_app(model_dir=None, device: str = "cpu", max_pixels: int | None = DEF
     werkzeug_exc = require("werkzeug.exceptions", "bsqvit serve")
     app = flask.Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_upload
-    state = _State(model_dir, device, max_pixels, samples_dir or sample_images())
+    state = _State(model_dir, device, max_pixels, samples_dir or _shipped_samples())
     app.extensions["bsqvit"] = state
 
     def bad(msg: str):

@@ -35,10 +35,22 @@ from ..models import BSQViT
 from ..pretrained import default_dir, default_model_dir
 from ..quantizers.base import indices_to_bits
 
-__all__ = ["DEFAULT_MAX_PIXELS", "FORMATS", "Models", "Result", "load_models", "read_upload", "analyze",
-           "encode_at_most", "bit_planes", "center_crop", "class_samples", "sample_files"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "FORMATS",
+    "Models",
+    "Result",
+    "analyze",
+    "bit_planes",
+    "center_crop",
+    "class_samples",
+    "encode_at_most",
+    "load_models",
+    "read_upload",
+    "sample_files",
+]
 
-DEFAULT_MAX_PIXELS = 4_000_000  # a CPU codes a 0.4 MP photo in seconds; 4 MP is the demo's ceiling
+DEFAULT_MAX_PIXELS = 4_000_000  # 0.4 MP codes in 10-20 s on a busy CPU, so 4 MP takes minutes: the ceiling
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "PPM")  # what an upload may be
 OPTIONS = CodecOptions(prior_threads=1)  # the prior's one-token steps are fastest on one thread
 QUALITY = {"jpeg": (1, 100), "webp": (0, 100)}  # Pillow's quality ranges
