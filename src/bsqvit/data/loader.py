@@ -64,7 +64,8 @@ class DataConfig:
     frame_stride: int = 1
     batch_size: int = 32
     num_workers: int = 2
-    pin_memory: bool = True
+    pin_memory: bool = True  # page-locked batches, only when CUDA is available
+    prefetch_factor: int | None = None  # batches each worker keeps ready (None: PyTorch's 2)
     val_limit: int | None = None
     val_resolution: int | None = None  # centre-crop size of the val protocol (default: resolution)
     seed: int = 0
@@ -83,6 +84,8 @@ class DataConfig:
             raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.prefetch_factor is not None and self.prefetch_factor < 1:
+            raise ConfigError(f"data.prefetch_factor must be >= 1 or null, got {self.prefetch_factor}")
         if self.val_limit is not None and self.val_limit < 1:
             raise ConfigError(f"data.val_limit must be >= 1 or null, got {self.val_limit}")
 
@@ -269,6 +272,8 @@ def build_dataloader(cfg: DataConfig, split: str = "train", rank: int = 0, world
     pin = bool(cfg.pin_memory and torch.cuda.is_available())
     common: dict[str, Any] = dict(batch_size=bs, num_workers=nw, pin_memory=pin,
                                   drop_last=train, worker_init_fn=WorkerInit(seed, rank) if nw else None)
+    if nw and cfg.prefetch_factor is not None:
+        common["prefetch_factor"] = cfg.prefetch_factor
     if isinstance(ds, IterableDataset):
         if hasattr(ds, "set_epoch"):
             ds.set_epoch(epoch)

@@ -233,7 +233,17 @@ class LPIPS(nn.Module):
             x = x.flip(1)  # RGB -> BGR
         return (x - self.shift) / self.scale
 
+    def _memory_format(self) -> torch.memory_format:
+        """Channels-last when the backbone's conv weights are (``net.to(memory_format=
+        torch.channels_last)``), so the input matches them and no layer converts back and forth."""
+        w = next((p for p in self.features.parameters() if p.dim() == 4), None)
+        if w is not None and w.shape[1] > 1 and w.is_contiguous(memory_format=torch.channels_last) \
+                and not w.is_contiguous():
+            return torch.channels_last
+        return torch.contiguous_format
+
     def _tapped_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = x.contiguous(memory_format=self._memory_format())
         outs = []
         last = self.taps[-1]
         for i, layer in enumerate(self.features):

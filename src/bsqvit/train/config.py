@@ -65,6 +65,9 @@ class OptimConfig:
     grad_accum: int = 1
     ema_decay: float = 0.999  # 0 disables EMA
     amp: str = "bf16"  # bf16 | fp16 | none  (fp16 uses a GradScaler, CUDA only)
+    # AdamW's fused CUDA kernel: None = on when every parameter is a floating CUDA tensor (same
+    # update as the default foreach kernel up to rounding); false = never; true = required.
+    fused: bool | None = None
 
     def __post_init__(self):
         if self.amp not in ("bf16", "fp16", "none"):
@@ -90,7 +93,13 @@ class TrainConfig:
     keep_checkpoints: int = 2
     sample_images: int = 8  # items in the PNG sample grid
     strategy: str = "ddp"  # ddp | fsdp (multi-process only)
+    # torch.compile the generator and the discriminator's forward (R1 runs the eager D: compiled
+    # graphs have no double backward). Checkpoints and exports hold the uncompiled modules' state
+    # dicts, so a run can be resumed with compile on or off.
     compile: bool = False
+    # Channels-last memory format for the 2-D discriminator and the perceptual net (faster
+    # convolutions on CUDA tensor cores; off by default, the layout changes rounding on CPU).
+    channels_last: bool = False
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # torch.set_num_threads on CPU
 

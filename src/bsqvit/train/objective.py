@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import LossConfig
+from .phases import NO_PHASES
 from .gan import (
     REFERENCE_D_LOSS_SCALE,
     adaptive_weight,
@@ -31,14 +32,20 @@ from .gan import (
 
 class TokenizerObjective:
     """``perceptual``: an LPIPS-like net or None; ``disc``: the discriminator or None;
-    ``autocast``: a factory of the mixed-precision context."""
+    ``autocast``: a factory of the mixed-precision context; ``phase``: a factory of the timing
+    context of a named phase (:mod:`bsqvit.train.phases`; no-op by default); ``disc_forward``:
+    what computes D's logits for the D and G losses (e.g. ``torch.compile(disc)``; default
+    ``disc``). R1 always runs the eager ``disc`` (compiled graphs have no double backward)."""
 
     def __init__(self, cfg: LossConfig, perceptual: torch.nn.Module | None, disc: torch.nn.Module | None,
-                 autocast: Callable[[], AbstractContextManager]):
+                 autocast: Callable[[], AbstractContextManager], phase: Callable[[str], AbstractContextManager] = NO_PHASES,
+                 disc_forward: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.cfg = cfg
         self.perceptual = perceptual
         self.disc = disc
+        self.disc_forward = disc_forward if disc_forward is not None else disc
         self.autocast = autocast
+        self.phase = phase
 
     def gan_active(self, step: int) -> bool:
         return self.disc is not None and step >= self.cfg.gan_start
@@ -53,7 +60,7 @@ class TokenizerObjective:
             rec_loss = rec_loss + lc.l2_weight * l2
             terms["l2"] = l2.detach()
         if self.perceptual is not None:
-            with self.autocast():
+            with self.phase("perceptual"), self.autocast():
                 p = self.perceptual(rec, x).float().mean()
             rec_loss = rec_loss + lc.perceptual_weight * p
             terms["perceptual"] = p.detach()
@@ -64,8 +71,8 @@ class TokenizerObjective:
         """``w * G_adv`` (D frozen while G's adversarial loss is computed)."""
         lc = self.cfg
         self.disc.requires_grad_(False)
-        with self.autocast():
-            logits = self.disc(rec).float()
+        with self.phase("g_adv"), self.autocast():
+            logits = self.disc_forward(rec).float()
             g = g_loss_nonsaturating(logits) if lc.gan_loss == "nonsaturating" else g_loss_hinge(logits)
         self.disc.requires_grad_(True)
         w = lc.gan_weight
@@ -96,15 +103,28 @@ class TokenizerObjective:
         return total, rec.detach(), terms
 
     def discriminator(self, x: torch.Tensor, rec: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
-        """D's loss on real ``x`` vs detached reconstructions ``rec``, plus lazy R1 when due."""
+        """D's loss on real ``x`` vs detached reconstructions ``rec`` (without R1: see :meth:`r1`)."""
         lc = self.cfg
         with self.autocast():
-            lr_, lf = self.disc(x).float(), self.disc(rec).float()
+            lr_, lf = self.disc_forward(x).float(), self.disc_forward(rec).float()
         d_loss = d_loss_nonsaturating if lc.gan_loss == "nonsaturating" else d_loss_hinge
         d = d_loss(lr_, lf, scale=REFERENCE_D_LOSS_SCALE)  # 0.5 (real + fake), as the reference
         terms = {"d_loss": d.detach(), "logits_real": lr_.mean().detach(), "logits_fake": lf.mean().detach()}
-        if lc.r1_gamma > 0 and lc.r1_every > 0 and r1_due(step, lc.r1_every):
-            r1 = r1_penalty(self.disc, x)  # fp32: double backward under autocast is fragile
-            d = d + 0.5 * lc.r1_gamma * lc.r1_every * r1
-            terms["r1"] = r1.detach()
         return d, terms
+
+    def r1_active(self, step: int) -> bool:
+        lc = self.cfg
+        return self.disc is not None and lc.r1_gamma > 0 and lc.r1_every > 0 and r1_due(step, lc.r1_every)
+
+    def r1(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The lazy R1 term ``gamma / 2 * r1_every * R1`` on real ``x`` (add it to D's loss, or
+        back-propagate it on its own: the gradients add up), when :meth:`r1_active`.
+
+        Computed in fp32 with the eager discriminator, outside autocast: the penalty is a
+        squared input gradient (second-order in D), which bf16's 8-bit mantissa would round at
+        every layer of the double backward; after the FIR fix (:mod:`.stylegan_layers`) the fp32
+        R1 step is cheap enough that bf16 is not worth that risk. A D built with
+        ``num_fp16_res > 0`` still runs those blocks in bfloat16, as the reference does."""
+        lc = self.cfg
+        r1 = r1_penalty(self.disc, x)
+        return 0.5 * lc.r1_gamma * lc.r1_every * r1, {"r1": r1.detach()}

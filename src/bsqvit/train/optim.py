@@ -6,8 +6,11 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable
+from contextlib import contextmanager
 
 import torch
+
+from ..config import ConfigError
 
 
 def warmup_cosine(step: int, warmup: int, total: int, start: float, end: float) -> float:
@@ -25,6 +28,37 @@ def warmup_cosine_lr(opt: torch.optim.Optimizer, o, total_steps: int) -> torch.o
     the checkpoint) holds no copy of it."""
     return torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, o.warmup_steps, total_steps, o.warmup_start, o.min_lr_ratio))
+
+
+def use_fused(params: list[torch.nn.Parameter], fused: bool | None = None) -> bool:
+    """Whether AdamW should use its fused CUDA kernel: ``fused`` None = when every parameter is
+    a floating-point CUDA tensor; True = required (ConfigError otherwise)."""
+    ok = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
+    if fused and not ok:
+        raise ConfigError("optim.fused: true needs every parameter to be a floating-point CUDA tensor")
+    return ok if fused is None else bool(fused)
+
+
+def adamw(params: Iterable[torch.nn.Parameter], o, lr: float) -> torch.optim.AdamW:
+    """AdamW over ``params`` (``o``: betas, weight_decay, eps and optionally fused, see
+    :func:`use_fused`) at learning rate ``lr``."""
+    params = list(params)
+    fused = use_fused(params, getattr(o, "fused", None))
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps,
+                             fused=True if fused else None)
+
+
+@contextmanager
+def keeping_fused(opt: torch.optim.Optimizer):
+    """Load a state dict into ``opt`` inside this context to keep ``opt``'s own fused setting
+    (a saved param group carries its run's): a checkpoint resumes with fused on or off."""
+    flags = [g.get("fused") for g in opt.param_groups]
+    yield
+    for g, f in zip(opt.param_groups, flags):
+        g["fused"] = f
+    for p, st in opt.state.items():  # fused wants float32 steps on the device, foreach on the CPU
+        if torch.is_tensor(st.get("step")):
+            st["step"] = st["step"].to(p.device if any(flags) else "cpu", torch.float32)
 
 
 def _decays(name: str, p: torch.nn.Parameter) -> bool:
@@ -62,4 +96,4 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.copy_(b)
 
 
-__all__ = ["adamw_warmup_cosine", "clip_grad_norm", "ema_update", "make_ema", "warmup_cosine", "warmup_cosine_lr"]
+__all__ = ["adamw", "adamw_warmup_cosine", "keeping_fused", "use_fused", "clip_grad_norm", "ema_update", "make_ema", "warmup_cosine", "warmup_cosine_lr"]

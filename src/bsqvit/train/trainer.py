@@ -50,7 +50,8 @@ from .distributed import (
 )
 from .loop import TrainLoop
 from .objective import TokenizerObjective
-from .optim import adamw_warmup_cosine, clip_grad_norm, ema_update, make_ema, warmup_cosine, warmup_cosine_lr
+from .optim import adamw, adamw_warmup_cosine, ema_update, keeping_fused, make_ema, warmup_cosine, warmup_cosine_lr
+from .phases import NO_PHASES
 from .runlog import tensorboard_writer
 from .samples import save_grid
 
@@ -89,12 +90,13 @@ class Trainer(TrainLoop):
     def __init__(self, cfg: TrainConfig, output_dir: str | Path, resume: bool = False, max_steps: int | None = None,
                  progress: bool = True):
         self.dist: DistInfo = init_distributed(cfg.device)
+        self.phase = NO_PHASES  # timing of the step's phases (benchmarks/train_throughput.py)
         self.device = self.dist.device
         super().__init__(cfg, output_dir, max_steps=max_steps, progress=progress, is_main=self.dist.is_main)
         self._seed_and_threads()
         self._build_models()
         self._build_optimizers()
-        self.train_model: torch.nn.Module = self._wrap(self.model)
+        self.train_model: torch.nn.Module = self._compiled(self._wrap(self.model))
         self._build_data()
         self.skipped_files = 0
         self._items = 0  # items seen since the last log line
@@ -130,8 +132,18 @@ class Trainer(TrainLoop):
         if cfg.loss.gan_weight > 0:
             torch.manual_seed(cfg.seed + 1)
             self.disc = build_discriminator(cfg.discriminator).to(self.device).train()  # per-frame on video
+            if cfg.channels_last and all(p.ndim != 5 for p in self.disc.parameters()):
+                self.disc.to(memory_format=torch.channels_last)
         torch.manual_seed(cfg.seed + 1000 + self.dist.rank)
-        self.objective = TokenizerObjective(cfg.loss, self.perceptual, self.disc, self._autocast)
+        disc_forward = self._compiled(self.disc) if self.disc is not None else None
+        self.objective = TokenizerObjective(cfg.loss, self.perceptual, self.disc, self._autocast, self.phase,
+                                            disc_forward=disc_forward)
+
+    def _compiled(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``torch.compile(module)`` when ``compile: true``. The compiled wrapper only runs the
+        module: state dicts, optimizers, EMA and checkpoints use the module itself, so their keys
+        carry no ``_orig_mod.`` prefix and a run resumes with compile on or off."""
+        return torch.compile(module) if self.cfg.compile else module
 
     def _build_perceptual(self):
         lc = self.cfg.loss
@@ -139,18 +151,17 @@ class Trainer(TrainLoop):
             return None
         # Fails here, at start, naming the missing file: never train silently without it.
         net = build_perceptual(lc.perceptual, weights_path=lc.perceptual_weights, lin_path=lc.lpips_calibration)
-        return net.to(self.device).eval().requires_grad_(False)
+        net = net.to(self.device).eval().requires_grad_(False)
+        return net.to(memory_format=torch.channels_last) if self.cfg.channels_last else net
 
     def _build_optimizers(self) -> None:
         o = self.cfg.optim
         decay = o.decay_steps or self.cfg.steps
-        self.opt_g = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas),
-                                       weight_decay=o.weight_decay, eps=o.eps)
+        self.opt_g = adamw(self.model.parameters(), o, o.lr)
         self.sched_g = warmup_cosine_lr(self.opt_g, o, decay)
         self.opt_d = self.sched_d = None
         if self.disc is not None:
-            self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=o.disc_lr or o.lr, betas=tuple(o.betas),
-                                           weight_decay=o.weight_decay, eps=o.eps)
+            self.opt_d = adamw(self.disc.parameters(), o, o.disc_lr or o.lr)
             self.sched_d = warmup_cosine_lr(self.opt_d, o, decay)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(o.amp)
         if o.amp == "fp16" and self.device.type != "cuda":
@@ -177,6 +188,10 @@ class Trainer(TrainLoop):
         self.data_pos = DataPosition()
         self.item_key = "video" if cfg.data.kind == "video" else "image"
 
+    def set_phase_timer(self, timer) -> None:
+        """Time the step's phases with ``timer`` (a :class:`~bsqvit.train.phases.PhaseTimer`)."""
+        self.phase = self.objective.phase = timer
+
     # ---- the step -----------------------------------------------------------------------------
     def _autocast(self):
         if self.amp_dtype is None:
@@ -188,7 +203,7 @@ class Trainer(TrainLoop):
 
     def generator_loss(self, x: torch.Tensor, with_gan: bool):
         """(loss, detached reconstruction, terms) of a micro-batch ``x``."""
-        with self._autocast():
+        with self.phase("g_forward"), self._autocast():
             out = self.train_model(x)
         return self.objective.generator(out, x, self.step, with_gan, self.model.last_layer)
 
@@ -198,19 +213,29 @@ class Trainer(TrainLoop):
     def next_batch(self) -> list[torch.Tensor]:
         """``optim.grad_accum`` micro-batches on the device; counts skipped files and items."""
         micro, skipped = [], 0
-        for _ in range(self.cfg.optim.grad_accum):
-            batch, self.data_pos = next(self._stream)
-            micro.append(batch[self.item_key])
-            skipped += count_skipped(batch)
+        with self.phase("data"):
+            for _ in range(self.cfg.optim.grad_accum):
+                batch, self.data_pos = next(self._stream)
+                micro.append(batch[self.item_key])
+                skipped += count_skipped(batch)
+            micro = [m.to(self.device, non_blocking=True) for m in micro]
         self.skipped_files += skipped
-        micro = [m.to(self.device, non_blocking=True) for m in micro]
         self._items += sum(m.shape[0] for m in micro) * self.dist.world_size
         return micro
 
     @staticmethod
     def _accumulate(sums: dict, terms: dict, n: int) -> None:
+        """Sum ``terms / n`` into ``sums``, as tensors: no host-device sync per term."""
         for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + float(v) / n
+            v = v.detach().float().reshape(()) / n if torch.is_tensor(v) else float(v) / n
+            sums[k] = sums[k] + v if k in sums else v
+
+    @staticmethod
+    def _floats(sums: dict) -> dict[str, float]:
+        """The step's logged numbers as floats, with one device-to-host copy."""
+        keys = [k for k, v in sums.items() if torch.is_tensor(v)]
+        values = torch.stack([sums[k] for k in keys]).tolist() if keys else []
+        return {**sums, **dict(zip(keys, values))}
 
     def _generator_step(self, micro_batches: list[torch.Tensor], with_gan: bool, sums: dict) -> list[torch.Tensor]:
         n = len(micro_batches)
@@ -220,31 +245,42 @@ class Trainer(TrainLoop):
             sync = i == n - 1 or not isinstance(self.train_model, DDP)
             with nullcontext() if sync else self.train_model.no_sync():
                 loss, rec, terms = self.generator_loss(x, with_gan)
-                self.scaler.scale(loss / n).backward()
+                with self.phase("g_backward"):
+                    self.scaler.scale(loss / n).backward()
             recs.append(rec)
             self._accumulate(sums, terms, n)
-        self.scaler.unscale_(self.opt_g)
-        if self.cfg.optim.grad_clip > 0:
-            sums["grad_norm"] = clip_grad_norm(self.model.parameters(), self.cfg.optim.grad_clip)
-        self.scaler.step(self.opt_g)
-        self.sched_g.step()
+        with self.phase("g_optim"):
+            self.scaler.unscale_(self.opt_g)
+            if self.cfg.optim.grad_clip > 0:
+                sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            self.scaler.step(self.opt_g)
+            self.sched_g.step()
         if self.ema is not None:
-            ema_update(self.ema, self.model, self.cfg.optim.ema_decay)
+            with self.phase("ema"):
+                ema_update(self.ema, self.model, self.cfg.optim.ema_decay)
         return recs
 
     def _discriminator_step(self, micro_batches: list[torch.Tensor], recs: list[torch.Tensor], sums: dict) -> None:
         n = len(micro_batches)
         self.opt_d.zero_grad(set_to_none=True)
+        r1 = self.objective.r1_active(self.step)
         for x, rec in zip(micro_batches, recs):
-            d, terms = self.discriminator_loss(x, rec)
-            self.scaler.scale(d / n).backward()
+            with self.phase("d_step"):
+                d, terms = self.discriminator_loss(x, rec)
+                self.scaler.scale(d / n).backward()
             self._accumulate(sums, terms, n)
-        average_gradients(self.disc)
-        self.scaler.unscale_(self.opt_d)
-        if self.cfg.optim.grad_clip > 0:
-            clip_grad_norm(self.disc.parameters(), self.cfg.optim.grad_clip)
-        self.scaler.step(self.opt_d)
-        self.sched_d.step()
+            if r1:  # its own backward: D's loss graph is freed first; the gradients add up
+                with self.phase("r1"):
+                    r, terms = self.objective.r1(x)
+                    self.scaler.scale(r / n).backward()
+                self._accumulate(sums, terms, n)
+        with self.phase("d_optim"):
+            average_gradients(self.disc)
+            self.scaler.unscale_(self.opt_d)
+            if self.cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.disc.parameters(), self.cfg.optim.grad_clip)
+            self.scaler.step(self.opt_d)
+            self.sched_d.step()
 
     def train_step(self, micro_batches: list[torch.Tensor]) -> dict[str, float]:
         """One step of G, then of D when the GAN is active; the loop advances ``self.step``."""
@@ -256,7 +292,7 @@ class Trainer(TrainLoop):
         self.scaler.update()
         sums["lr"] = self.sched_g.get_last_lr()[0]
         sums["quant_weight"] = self.cfg.loss.quant_weight_at(self.step)
-        return sums
+        return self._floats(sums)
 
     # ---- loop hooks ---------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -342,13 +378,15 @@ class Trainer(TrainLoop):
         if state.get("world_size", 1) != self.dist.world_size:
             log.warning("resuming a %d-process run on %d processes: the data order changes",
                         state.get("world_size", 1), self.dist.world_size)
-        load_full_state(self.model, self.opt_g, state["model"], state["opt_g"], self._fsdp)
+        with keeping_fused(self.opt_g):
+            load_full_state(self.model, self.opt_g, state["model"], state["opt_g"], self._fsdp)
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         self.sched_g.load_state_dict(state["sched_g"])
         if self.disc is not None and state.get("disc") is not None:
             self.disc.load_state_dict(state["disc"])
-            self.opt_d.load_state_dict(state["opt_d"])
+            with keeping_fused(self.opt_d):
+                self.opt_d.load_state_dict(state["opt_d"])
             self.sched_d.load_state_dict(state["sched_d"])
         self.scaler.load_state_dict(state["scaler"])
         if self.dist.world_size == state.get("world_size", 1):
