@@ -47,10 +47,7 @@ class Attention(nn.Module):
     def step(self, x: Tensor, cache: Tensor, t: int) -> Tensor:
         """Causal attention of one new position ``t``: ``x`` (B, 1, D); ``cache`` (2, B, heads,
         N, head_dim) holds the keys and values of positions ``< t`` and is filled in place at ``t``."""
-        q, k, v = self._split(x)
-        cache[0, :, :, t : t + 1] = k
-        cache[1, :, :, t : t + 1] = v
-        return self._merge(F.scaled_dot_product_attention(q, cache[0, :, :, : t + 1], cache[1, :, :, : t + 1]))
+        return self.forward_cached(x, cache, t)
 
     def forward_cached(self, x: Tensor, cache: Tensor, start: int, begin: int = 0) -> Tensor:
         """Attention of a block of new positions, which all see one another, to themselves and to
@@ -104,8 +101,7 @@ class Block(nn.Module):
     def step(self, x: Tensor, cache: Tensor, t: int) -> Tensor:
         """One new position ``t`` of a causal sequence with a key/value ``cache`` (see
         :meth:`Attention.step`); equals row ``t`` of ``forward(x_0..t, causal=True)``."""
-        x = x + self.attn.step(self.ln1(x), cache, t)
-        return x + self.mlp(self.ln2(x))
+        return self.step_block(x, cache, t)
 
     def step_block(self, x: Tensor, cache: Tensor, start: int, begin: int = 0) -> Tensor:
         """A block of new positions with a key/value ``cache`` of earlier ones (see
