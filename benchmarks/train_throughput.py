@@ -23,13 +23,18 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import sys
 import tempfile
+import time
 
 import torch
+import torch.nn.functional as F
 
+from bsqvit.train import stylegan_layers
 from bsqvit.train.config import load_train_config
-from bsqvit.train.gan import r1_due
+from bsqvit.train.discriminator import build_discriminator
+from bsqvit.train.gan import d_loss_nonsaturating, r1_due, r1_penalty
 from bsqvit.train.phases import PHASES, PhaseTimer
 from bsqvit.train.trainer import Trainer
 
@@ -47,6 +52,10 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=None, help="data.num_workers")
     p.add_argument("--threads", type=int, default=None, help="torch threads on CPU")
     p.add_argument("--set", nargs="*", default=[], help="more key=value config overrides")
+    p.add_argument("--fir-autograd", action="store_true",
+                   help="the previous FIR formulation (autograd through a grouped conv): the 'before' of #13")
+    p.add_argument("--d-only", type=int, default=0, metavar="N",
+                   help="instead: N interleaved repeats of D alone (D loss step vs R1 term), FIR both ways")
     p.add_argument("--json", default=None, help="also write the results here")
     return p.parse_args(argv)
 
@@ -67,7 +76,14 @@ def build_trainer(args, out_dir: str) -> Trainer:
     return Trainer(cfg, out_dir, progress=False)
 
 
+def _autograd_fir(x, w, stride):
+    conv = F.conv2d if x.ndim == 4 else F.conv3d
+    return conv(x, w.to(x.dtype), stride=stride, groups=x.shape[1])
+
+
 def run(args) -> dict:
+    if args.fir_autograd:
+        stylegan_layers._FirConv.apply = staticmethod(_autograd_fir)
     with tempfile.TemporaryDirectory() as out:
         tr = build_trainer(args, out)
         timer = PhaseTimer(tr.device)
@@ -96,6 +112,56 @@ def run(args) -> dict:
                "peak_cuda_bytes": dict(timer.peak), "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                "load": os.getloadavg()}
     return res
+
+
+def _timed(fn, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t
+
+
+def d_only(args) -> str:
+    """Median seconds of a D step (real + fake forward, backward) and of the R1 term (forward,
+    input gradient, double backward) on the config's D and batch, with the FIR as a custom
+    autograd pair (now) and through autograd of a grouped conv (before), interleaved."""
+    cfg = load_train_config(args.config, [f"device={args.device}"] + list(args.set))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    disc = build_discriminator(cfg.discriminator).to(dev)
+    shape = (args.batch, 3, cfg.discriminator.image_size, cfg.discriminator.image_size)
+    real, fake = torch.randn(shape, device=dev), torch.randn(shape, device=dev)
+    now = stylegan_layers._FirConv.apply
+    times = {k: [] for k in ("d_before", "r1_before", "d_now", "r1_now")}
+
+    def d_step():
+        disc.zero_grad(set_to_none=True)
+        d_loss_nonsaturating(disc(real), disc(fake)).backward()
+
+    def r1_step():
+        disc.zero_grad(set_to_none=True)
+        r1_penalty(disc, real).backward()
+
+    for i in range(args.d_only + 1):
+        for tag, fir in (("before", staticmethod(_autograd_fir)), ("now", staticmethod(now))):
+            stylegan_layers._FirConv.apply = fir
+            td, tr = _timed(d_step, dev), _timed(r1_step, dev)
+            if i:  # the first round warms up
+                times[f"d_{tag}"].append(td)
+                times[f"r1_{tag}"].append(tr)
+    stylegan_layers._FirConv.apply = now
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return "\n".join([
+        "| FIR | D step s | R1 term s | R1 / D step |", "|---|---:|---:|---:|",
+        *(f"| {tag} | {med['d_' + tag]:.4f} | {med['r1_' + tag]:.4f} | {med['r1_' + tag] / med['d_' + tag]:.2f} |"
+          for tag in ("before", "now")),
+        f"\nR1 term before / now = {med['r1_before'] / med['r1_now']:.2f}; batch {args.batch}, {shape[2]}^2, "
+        f"{args.d_only} repeats, load {', '.join(f'{v:.2f}' for v in os.getloadavg())}"])
 
 
 def table(res: dict) -> str:
@@ -133,6 +199,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available")
+    if args.d_only:
+        print(d_only(args))
+        return
     res = run(args)
     print(table(res))
     if args.json:

@@ -7,6 +7,8 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from shared_data import needs_squeeze
+from test_train import image_dir, write_config  # noqa: F401  (the fixture is used by name)
 
 import bsqvit.train.stylegan_layers as layers
 from bsqvit.config import ConfigError, from_dict
@@ -16,8 +18,6 @@ from bsqvit.train.gan import r1_penalty
 from bsqvit.train.optim import adamw, keeping_fused, use_fused
 from bsqvit.train.phases import PhaseTimer
 from bsqvit.train.trainer import Trainer
-from shared_data import needs_squeeze
-from test_train import image_dir, write_config  # noqa: F401  (the fixture is used by name)
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -63,7 +63,7 @@ def test_fir_function_first_and_second_derivatives(shape, stride):
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     k = layers._fir_kernel((1, 3, 3, 1), stride if max(stride) > 1 else (2,) * len(stride)).double()
     w = k.expand(shape[1], 1, *k.shape[2:])
-    f = lambda t: layers._FirConv.apply(t, w, stride)  # noqa: E731
+    f = lambda t: layers._FirConv.apply(t, w, stride)
     torch.testing.assert_close(f(x), _plain_fir(x, w, stride))
     assert torch.autograd.gradcheck(f, (x,))
     assert torch.autograd.gradgradcheck(f, (x,))

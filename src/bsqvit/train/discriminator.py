@@ -43,8 +43,10 @@ image 32, channel_base 32768, channel_max 64                337,281
 
 Cost on CPU (2 shared cores, PyTorch 2.13, batch 8 at 64^2, best of 5): forward + backward
 0.38 s with channel_max 128 (128 channels at every resolution), 0.20 s with channel_base 4096
-(64 channels at 64^2), 0.07 s with channel_base 2048 / channel_max 64; an R1 step (forward +
-double backward) costs about 3x a plain forward + backward.
+(64 channels at 64^2), 0.07 s with channel_base 2048 / channel_max 64. An R1 term (forward,
+input gradient, double backward) costs about as many FLOPs as a D step on real + fake, and about
+1.1-1.3x its time since the FIR blur has its own autograd pair (:mod:`.stylegan_layers`; before,
+the double backward ran one convolution per channel, 1.45-2.7x; issue #13).
 
 Video. :class:`FrameDiscriminator` applies a 2-D discriminator to every frame
 (``(B, C, T, H, W) -> (B*T, C, H, W)``, frames ordered ``(b t)`` as in the reference) and is
@@ -62,8 +64,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..config import ConfigError
 from .stylegan_layers import (

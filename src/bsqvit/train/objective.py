@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from .config import LossConfig
-from .phases import NO_PHASES
 from .gan import (
     REFERENCE_D_LOSS_SCALE,
     adaptive_weight,
@@ -28,6 +27,7 @@ from .gan import (
     r1_due,
     r1_penalty,
 )
+from .phases import NO_PHASES
 
 
 class TokenizerObjective:

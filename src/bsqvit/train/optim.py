@@ -96,4 +96,4 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.copy_(b)
 
 
-__all__ = ["adamw", "adamw_warmup_cosine", "keeping_fused", "use_fused", "clip_grad_norm", "ema_update", "make_ema", "warmup_cosine", "warmup_cosine_lr"]
+__all__ = ["adamw", "adamw_warmup_cosine", "clip_grad_norm", "ema_update", "keeping_fused", "make_ema", "use_fused", "warmup_cosine", "warmup_cosine_lr"]

@@ -8,8 +8,15 @@ TensorBoard, tqdm, checkpoints, resume, NaN guard). One optimisation step
    (:mod:`bsqvit.train.objective`), backward over the micro-batches (DDP syncs on the last one),
    clip, AdamW, LR schedule, EMA update;
 2. discriminator (from ``loss.gan_start``): non-saturating (or hinge) loss on real vs detached
-   reconstructions, plus lazy R1 every ``r1_every`` steps; gradients averaged across ranks by
-   hand (R1 needs double backward, which DDP's reducer does not support).
+   reconstructions, plus lazy R1 every ``r1_every`` steps, back-propagated on its own after the
+   D loss (the gradients add up; D's loss graph is freed first) with the eager D in fp32;
+   gradients averaged across ranks by hand (R1 needs double backward, which DDP's reducer does
+   not support).
+
+Speed (issue #13; ``benchmarks/train_throughput.py`` times every phase): ``compile: true``
+compiles G and D's forward, ``channels_last: true`` puts D and the perceptual net in
+channels-last, AdamW is fused on CUDA (``optim.fused``), and the logged terms stay on the
+device until one copy per step.
 
 Everything a resumed run needs is in the checkpoint: model, EMA, both optimizers and
 schedulers, grad scaler, step, RNG states and the data position. Augmentations are a function
