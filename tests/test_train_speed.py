@@ -125,7 +125,7 @@ def test_compile_config_parses_and_checkpoint_keys_are_unwrapped(tmp_path, image
 @needs_squeeze
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cc") is None, reason="inductor needs a C++ compiler")
 def test_compile_trains_two_steps_on_cpu(tmp_path, image_dir):  # noqa: F811
-    """Marked slow: inductor's first CPU compilation of G and D takes minutes on 2 cores."""
+    """Marked slow: 17 s with a warm inductor cache on 2 idle cores, minutes when cold or loaded."""
     cfg = load_train_config(write_config(tmp_path / "c.yaml", image_dir, compile=True, steps=2,
                                          **{"loss.gan_start": 0, "loss.r1_every": 2}))
     logs = Trainer(cfg, tmp_path / "run", progress=False).fit()
