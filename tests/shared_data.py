@@ -29,4 +29,13 @@ def needs(*paths: Path, what: str) -> pytest.MarkDecorator:
 
 
 needs_kodak = needs(KODAK / "kodim01.png", what="Kodak (../shared/data/kodak)")
+KODIM01 = KODAK / "kodim01.png"
+RAW_H264 = VIDEO / "openh264_MR1_BT_A.h264"  # a raw Annex-B H.264 stream
+MP4 = VIDEO / "imageio_realshort.mp4"
+needs_kodak_and_video = needs(KODIM01, RAW_H264, what="Kodak and video clips (../shared/data)")
+
+
+def leftovers(d: Path) -> list[str]:
+    """Temporary files an atomic write left behind in ``d`` (there must be none)."""
+    return sorted(p.name for p in d.iterdir() if ".tmp" in p.name)
 needs_squeeze = needs(SQUEEZE_CAFFE, what="SqueezeNet-Caffe weights (../shared/weights)")

@@ -15,19 +15,11 @@ from PIL import Image
 from bsqvit import BSQViT
 from bsqvit.cli import main
 from bsqvit.io import read_video, to_uint8
-from shared_data import KODAK as KODAK_DIR
-from shared_data import VIDEO, needs
+from shared_data import KODIM01 as KODAK
+from shared_data import RAW_H264, leftovers
+from shared_data import needs_kodak_and_video as needs_data
 
-KODAK = KODAK_DIR / "kodim01.png"
-RAW_H264 = VIDEO / "openh264_MR1_BT_A.h264"
-MP4 = VIDEO / "imageio_realshort.mp4"
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-needs_data = needs(KODAK, RAW_H264, what="Kodak and video clips (../shared/data)")
-
-
-def leftovers(d: Path) -> list[str]:
-    return sorted(p.name for p in d.iterdir() if ".tmp" in p.name)
 
 
 # ---- CLI ----------------------------------------------------------------------------------------

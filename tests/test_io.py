@@ -23,19 +23,10 @@ from bsqvit.io import (
     write_video,
     write_video_lossless,
 )
-from shared_data import KODAK as KODAK_DIR
-from shared_data import VIDEO, needs
+from shared_data import KODIM01 as KODAK
+from shared_data import MP4, RAW_H264, leftovers
+from shared_data import needs_kodak_and_video as needs_data
 
-KODAK = KODAK_DIR / "kodim01.png"
-RAW_H264 = VIDEO / "openh264_MR1_BT_A.h264"
-MP4 = VIDEO / "imageio_realshort.mp4"
-SRC = Path(__file__).resolve().parents[1] / "src"
-
-needs_data = needs(KODAK, RAW_H264, what="Kodak and video clips (../shared/data)")
-
-
-def leftovers(d: Path) -> list[str]:
-    return sorted(p.name for p in d.iterdir() if ".tmp" in p.name)
 
 
 # ---- images -------------------------------------------------------------------------------------
