@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,18 +13,17 @@ from PIL import Image
 
 from bsqvit import BSQViT
 from bsqvit.cli import main
+from shared_data import KODAK, SQUEEZE_CAFFE, VIDEO, needs
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the checkout
-KODAK = DATA / "kodak"
-DAVIS = DATA / "video" / "davis2016_frames" / "blackswan"
-needs_data = pytest.mark.skipif(not (KODAK / "kodim01.png").is_file() or not DAVIS.is_dir(),
-                                reason="shared data not available")
+DAVIS = VIDEO / "davis2016_frames" / "blackswan"
+# the evaluations here score with the offline stand-in networks too: data and weights
+needs_data = needs(KODAK / "kodim01.png", DAVIS, SQUEEZE_CAFFE, what="Kodak, DAVIS frames and the stand-in weights")
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     if not (KODAK / "kodim01.png").is_file():
-        pytest.skip("shared data not available")
+        pytest.skip("Kodak (../shared/data/kodak) not available")
     d = tmp_path_factory.mktemp("eval")
     torch.manual_seed(0)
     BSQViT.from_preset("tiny").save_pretrained(d / "tiny")
