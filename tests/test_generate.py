@@ -13,11 +13,13 @@ from PIL import Image
 
 from bsqvit import BSQViT
 from bsqvit.cli import main
+from bsqvit.config import ConfigError
 from bsqvit.generate.data import class_of, discover_classes, extract_gen_tokens, load_token_cache
 from bsqvit.metrics.generation import LinearProbe, fid_from_features, inception_score, precision_recall
 from bsqvit.generate.model import GenConfig, MaskedTokenModel, join_groups, masked_token_loss, split_groups
 from bsqvit.generate.sampling import fill_canvas, sample_tokens, windows
 from bsqvit.generate.train import image_grid
+from shared_data import SQUEEZE_CAFFE, WEIGHTS, needs_squeeze
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -294,14 +296,11 @@ def trained(tmp_path_factory, labelled, tokenizer_dir):
         f"data: {{train: ['{labelled}'], resolution: 32}}\n"
         "batch_size: 8\nsteps: 6\nlog_every: 2\neval_every: 3\ncheckpoint_every: 3\n"
         "eval: {samples_per_class: 3, steps: 3, features: squeeze-caffe, grid_per_class: 2,"
-        " weights_dir: ../shared/weights/squeezenet1_1_caffe}\n")
+        f" weights_dir: '{WEIGHTS / 'squeezenet1_1_caffe'}'}}\n")
     return cfg, out
 
 
-SQUEEZE = Path("../shared/weights/squeezenet1_1_caffe/squeezenet1_1_features.pth")
-
-
-@pytest.mark.skipif(not SQUEEZE.is_file(), reason="needs ../shared/weights")
+@needs_squeeze
 def test_train_gen_cli_resume_and_generate(capsys, trained, tokenizer_dir, tmp_path):
     cfg, out = trained
     rc, o, e = run_cli(capsys, "train-gen", cfg, "--tokenizer", tokenizer_dir, "--output-dir", out, "--max-steps", 3,
@@ -362,13 +361,13 @@ def test_train_gen_cli_resume_and_generate(capsys, trained, tokenizer_dir, tmp_p
 
     # eval-gen on a folder and as a sweep
     rc, o, e = run_cli(capsys, "eval-gen", "--ref", cfg.read_text().split("'")[1], "--samples", g1, "--features",
-                       "squeeze-caffe", "--weights-dir", SQUEEZE.parent, "--json", tmp_path / "ev.json")
+                       "squeeze-caffe", "--weights-dir", SQUEEZE_CAFFE.parent, "--json", tmp_path / "ev.json")
     assert rc == 0, e
     res = json.loads((tmp_path / "ev.json").read_text())
     assert res["results"][0]["n_samples"] == 6 and "not comparable" in res["features_label"]
     rc, o, e = run_cli(capsys, "eval-gen", "--ref", cfg.read_text().split("'")[1], "--model", tokenizer_dir, "--gen",
                        out / "gen", "--n-per-class", 2, "--steps", 2, 3, "--guidance", 0, 1, "--features",
-                       "squeeze-caffe", "--weights-dir", SQUEEZE.parent)
+                       "squeeze-caffe", "--weights-dir", SQUEEZE_CAFFE.parent)
     assert rc == 0, e
     assert o.count("| ") >= 4 * 1 and "steps=3 guidance=1" in o
 
@@ -395,3 +394,19 @@ def test_generate_cli_errors(capsys, tmp_path, tokenizer_dir):
         assert_clean_error(rc, err)
         assert msg in err, (extra, err)
     assert not (tmp_path / "o").exists()
+
+
+def test_sampling_never_leaves_a_codebook_smaller_than_2_to_the_bits():
+    """Λ24-SQ has 196,560 codes in 18-bit fields: the groups are sampled most significant first
+    and values no code can continue are masked, even when the model prefers them."""
+    torch.manual_seed(0)
+    gen = MaskedTokenModel(bits=6, group_bits=3, codebook_size=40, grid=[4, 4], width=32, layers=1, heads=2).eval()
+    with torch.no_grad():
+        gen.heads_out[0].bias[5:] += 50.0  # group 0 >= 5 means tokens >= 40: never codes
+    toks = sample_tokens(gen, None, n=8, steps=4, gen=torch.Generator().manual_seed(1))
+    assert toks.max() < 40 and (toks // 8 == 4).any()  # the largest valid group-0 value is used
+    free = MaskedTokenModel(bits=6, group_bits=3, grid=[4, 4], width=32, layers=1, heads=2).eval()
+    free.load_state_dict(gen.state_dict())
+    assert sample_tokens(free, None, n=8, steps=4, gen=torch.Generator().manual_seed(1)).max() >= 40  # unmasked
+    with pytest.raises(ConfigError, match="needs 6 bits"):
+        MaskedTokenModel(bits=6, group_bits=3, codebook_size=20)

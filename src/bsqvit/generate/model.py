@@ -39,6 +39,7 @@ class GenConfig:
 
     bits: int = 18  # L: bits per token of the tokenizer
     group_bits: int = 9  # g: bits per sub-token head (divides L, at most 16)
+    codebook_size: int | None = None  # codes below 2^L (e.g. 196,560 for Λ24-SQ); None: all 2^L
     grid: list[int] = field(default_factory=lambda: [8, 8])  # token rows, cols
     width: int = 256
     layers: int = 6
@@ -56,6 +57,8 @@ class GenConfig:
             raise ConfigError(f"bits must be in 1..62, got {self.bits}")
         if self.group_bits < 1 or self.group_bits > 16 or self.bits % self.group_bits:
             raise ConfigError(f"group_bits {self.group_bits} must divide bits {self.bits} and be <= 16")
+        if self.codebook_size is not None and not (1 << (self.bits - 1) < self.codebook_size <= 1 << self.bits):
+            raise ConfigError(f"codebook_size {self.codebook_size} needs {self.bits} bits exactly")
         for name in ("grid", "image_size"):
             v = getattr(self, name)
             if isinstance(v, int):

@@ -82,10 +82,12 @@ def sample_tokens(model: MaskedTokenModel, labels: Tensor | None, *, steps: int 
         else:
             logits = [lg.float() for lg in model(tokens, unknown, labels)]
         groups, conf = [], torch.zeros(B, N, device=dev)
-        for lg in logits:
-            logp = torch.log_softmax(lg / temperature, dim=-1)
+        prefix = torch.zeros(B, N, dtype=torch.int64, device=dev)
+        for k, lg in enumerate(logits):
+            logp = torch.log_softmax(_only_codes(lg, prefix, k, c) / temperature, dim=-1)
             g = torch.multinomial(logp.exp().view(B * N, -1).cpu(), 1, generator=gen).view(B, N).to(dev)
             groups.append(g)
+            prefix = (prefix << c.group_bits) | g
             conf += logp.gather(-1, g.unsqueeze(-1)).squeeze(-1)
         sampled = join_groups(torch.stack(groups, -1), c.bits, c.group_bits)
         # how many stay masked after this step
@@ -107,6 +109,17 @@ def sample_tokens(model: MaskedTokenModel, labels: Tensor | None, *, steps: int 
         flat_unk = flat_unk & still
         tokens, unknown = flat_tok.view(B, h, w), flat_unk.view(B, h, w)
     return tokens
+
+
+def _only_codes(logits: Tensor, prefix: Tensor, k: int, c) -> Tensor:
+    """Group ``k``'s logits with the values that no code below ``codebook_size`` can continue set
+    to -inf (groups are sampled most significant first, so every sampled token is a code)."""
+    if c.codebook_size is None or c.codebook_size == 1 << c.bits:
+        return logits
+    rest = c.bits - (k + 1) * c.group_bits
+    values = torch.arange(1 << c.group_bits, device=logits.device)
+    lowest = ((prefix.unsqueeze(-1) << c.group_bits) | values) << rest  # the smallest token of each choice
+    return logits.masked_fill(lowest >= c.codebook_size, float("-inf"))
 
 
 def windows(size: int, win: int) -> list[int]:

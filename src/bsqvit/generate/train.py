@@ -328,7 +328,9 @@ def _training_tokens(cfg: GenTrainConfig, tokenizer, out: Path, progress: bool) 
 
 def _gen_config(cfg: GenTrainConfig, tokens: np.ndarray, classes: list[str], bits: int, tokenizer) -> GenConfig:
     a, r = cfg.model, cfg.data.resolution
-    return GenConfig(bits=bits, group_bits=a.group_bits, grid=list(tokens.shape[-2:]), width=a.width,
+    n = int(tokenizer.quantizer.codebook_size)
+    return GenConfig(bits=bits, group_bits=a.group_bits, codebook_size=None if n == 1 << bits else n,
+                     grid=list(tokens.shape[-2:]), width=a.width,
                      layers=a.layers, heads=a.heads, mlp_ratio=a.mlp_ratio, embed=a.embed, num_classes=len(classes),
                      class_ids=classes, class_names=class_names(classes), image_size=[r, r],
                      tokenizer_hash=tokenizer.weights_hash())
