@@ -26,6 +26,7 @@ warmup_steps, warmup_start, min_lr_ratio, grad_clip and, for an EMA, ema_decay).
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import time
@@ -55,7 +56,7 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
-class TrainLoop:
+class TrainLoop(abc.ABC):
     """The loop; see the module docstring for the hooks a specialisation provides."""
 
     desc = "train"  # the tqdm label
@@ -77,24 +78,26 @@ class TrainLoop:
         self._t_last = time.time()
 
     # ---- hooks ---------------------------------------------------------------------------------
+    @abc.abstractmethod
     def next_batch(self):
         """The data of the next optimisation step."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def train_step(self, batch) -> dict:
         """One optimisation step on ``batch``; ``{name: number}`` for the log. ``self.step`` is
         the number of steps done before this one (the loop increments it afterwards)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def evaluate(self) -> dict:
         """Evaluate (write eval.jsonl with :meth:`log_eval`, export the model); the record."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def state_dict(self) -> dict:
-        raise NotImplementedError
+        """Everything a checkpoint holds beyond the step (models, optimisers, data position)."""
 
+    @abc.abstractmethod
     def load_state_dict(self, state: dict) -> None:
-        raise NotImplementedError
+        """Restore what :meth:`state_dict` returned."""
 
     def format_log(self, logs: dict, elapsed: float) -> tuple[dict, dict, dict]:
         """(log.jsonl record without "step", TensorBoard scalars, tqdm postfix) of a log step;
