@@ -41,8 +41,8 @@ def pillow_codecs() -> list[str]:
     return out
 
 
-def encode_image(a: np.ndarray, codec: str, q) -> tuple[int, np.ndarray]:
-    """uint8 (H, W, 3) -> (bytes, decoded uint8 (H, W, 3)) with a Pillow codec at setting ``q``."""
+def encode_bytes(a: np.ndarray, codec: str, q) -> bytes:
+    """uint8 (H, W, 3) -> the file a Pillow codec writes at setting ``q`` (the sweeps' settings)."""
     img = Image.fromarray(a)
     buf = io.BytesIO()
     if codec == "jpeg":
@@ -55,7 +55,12 @@ def encode_image(a: np.ndarray, codec: str, q) -> tuple[int, np.ndarray]:
         img.save(buf, format="JPEG2000", quality_mode="rates", quality_layers=[24.0 / float(q)], irreversible=True)
     else:
         raise InputError(f"unknown image codec {codec!r}")
-    data = buf.getvalue()
+    return buf.getvalue()
+
+
+def encode_image(a: np.ndarray, codec: str, q) -> tuple[int, np.ndarray]:
+    """uint8 (H, W, 3) -> (bytes, decoded uint8 (H, W, 3)) with a Pillow codec at setting ``q``."""
+    data = encode_bytes(a, codec, q)
     with Image.open(io.BytesIO(data)) as im:
         dec = np.array(to_rgb(im))
     return len(data), dec

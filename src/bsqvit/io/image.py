@@ -144,24 +144,31 @@ def open_checked(src, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     return img
 
 
-def load_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> torch.Tensor:
-    """Read an image file -> float32 tensor (3, H, W) in [-1, 1]. Raises :class:`InputError`,
-    also for an image over ``max_pixels`` (checked from the header, before decoding)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
+def load_image(src, max_pixels: int | None = MAX_PIXELS, formats: tuple[str, ...] | None = None) -> torch.Tensor:
+    """Read an image -> float32 tensor (3, H, W) in [-1, 1]. ``src``: a path, or a binary file
+    object (its ``name``, when it has one, names it in messages). Raises :class:`InputError`:
+    missing, not an image, a Pillow format outside ``formats`` (None: any), over ``max_pixels``
+    (checked from the header, before decoding), corrupt or empty."""
+    if isinstance(src, (str, os.PathLike)):
+        src = name = Path(src)
+        if not src.is_file():
+            raise InputError(f"{src}: no such file" if not src.exists() else f"{src}: not a regular file")
+    else:
+        name = getattr(src, "name", "image")
     try:
-        with open_checked(path, max_pixels) as img:
+        with open_checked(src, max_pixels) as img:
+            if formats is not None and img.format not in formats:
+                raise InputError(f"{name}: {img.format} images are not accepted (use {', '.join(formats)})")
             img.load()
-            img = ImageOps.exif_transpose(img)
-            rgb = to_rgb01(img)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
-        if isinstance(e, InputError):
-            raise
-        reason = "not a recognised image format" if isinstance(e, UnidentifiedImageError) else one_line(e)
-        raise InputError(f"{path}: cannot read image ({reason})") from None
+            rgb = to_rgb01(ImageOps.exif_transpose(img))
+    except InputError:
+        raise
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: not an image (not a format Pillow reads)") from None
+    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError, EOFError) as e:
+        raise InputError(f"{name}: corrupt or truncated image ({one_line(e)})") from None
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise InputError(f"{path}: empty image")
+        raise InputError(f"{name}: empty image")
     t = torch.from_numpy(np.ascontiguousarray(rgb)).movedim(-1, 0)
     return (t * 2 - 1).clamp(-1, 1).contiguous()
 

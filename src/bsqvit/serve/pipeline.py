@@ -20,16 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from ..codec import CodecOptions, compress, decompress
 from ..codec.api import token_bits
 from ..codec.prior import default_prior
-from ..evaluation.baselines import pillow_codecs
+from ..evaluation.baselines import encode_bytes, pillow_codecs
 from ..generate.model import MaskedTokenModel
 from ..generate.train import generate_images
-from ..io import InputError, from_uint8, one_line, to_rgb01, to_uint8
-from ..io.image import open_checked
+from ..io import InputError, from_uint8, load_image, to_rgb, to_uint8
 from ..metrics.pixel import ms_ssim, psnr
 from ..models import BSQViT
 from ..pretrained import default_dir, default_model_dir
@@ -96,33 +95,8 @@ def read_upload(data: bytes, name: str = "upload", max_pixels: int | None = DEFA
     if not data:
         raise InputError(f"{name}: empty file")
     buf = io.BytesIO(data)
-    buf.name = name  # open_checked names the file in its messages
-    try:
-        with open_checked(buf, max_pixels) as img:
-            if img.format not in FORMATS:
-                raise InputError(f"{name}: {img.format} images are not accepted (use {', '.join(FORMATS)})")
-            img.load()
-            rgb = to_rgb01(ImageOps.exif_transpose(img))
-    except InputError:
-        raise
-    except UnidentifiedImageError:
-        raise InputError(f"{name}: not an image (use {', '.join(FORMATS)})") from None
-    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError, EOFError) as e:
-        raise InputError(f"{name}: corrupt or truncated image ({one_line(e)})") from None
-    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise InputError(f"{name}: empty image")
-    return (torch.from_numpy(np.ascontiguousarray(rgb)).movedim(-1, 0) * 2 - 1).clamp(-1, 1).contiguous()
-
-
-def _encode(a: np.ndarray, codec: str, q: int) -> bytes:
-    """The settings of :func:`bsqvit.evaluation.baselines.encode_image` (JPEG ``quality``; WebP
-    ``quality``, ``method=4``), keeping the file."""
-    buf = io.BytesIO()
-    if codec == "jpeg":
-        Image.fromarray(a).save(buf, format="JPEG", quality=q)
-    else:
-        Image.fromarray(a).save(buf, format="WEBP", quality=q, method=4)
-    return buf.getvalue()
+    buf.name = name  # load_image names the upload in its messages
+    return load_image(buf, max_pixels, formats=FORMATS)
 
 
 def encode_at_most(a: np.ndarray, codec: str, max_bytes: int) -> tuple[int, bytes, bool]:
@@ -132,20 +106,20 @@ def encode_at_most(a: np.ndarray, codec: str, max_bytes: int) -> tuple[int, byte
     best = None
     while lo <= hi:
         q = (lo + hi) // 2
-        data = _encode(a, codec, q)
+        data = encode_bytes(a, codec, q)
         if len(data) <= max_bytes:
             best, lo = (q, data), q + 1
         else:
             hi = q - 1
     if best is None:
         q = QUALITY[codec][0]
-        return q, _encode(a, codec, q), False
+        return q, encode_bytes(a, codec, q), False
     return best[0], best[1], True
 
 
 def _decode(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
-        return np.array(im.convert("RGB"))
+        return np.array(to_rgb(im))
 
 
 def _quality(x: torch.Tensor, y: torch.Tensor) -> dict:
