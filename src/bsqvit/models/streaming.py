@@ -104,7 +104,6 @@ class CachedTrunk:
 
     def __init__(self, vit: ViT, capacity_frames: int):
         self.vit, self.capacity_frames = vit, capacity_frames
-        self._spatial: dict[tuple[int, int], Tensor] = {}
         self.cache: Tensor | None = None  # (layers, 2, B, heads, capacity, head_dim)
         self.reset()
 
@@ -128,26 +127,12 @@ class CachedTrunk:
             self.cache[..., : self.start - self.begin, :] = kept
             self.begin, self.start = 0, self.start - self.begin
 
-    def positions(self, pos0: int, t: int, grid: tuple[int, int]) -> Tensor:
-        """The position embedding of ``t`` frames from temporal position ``pos0``: the rows
-        ``pos0*h*w ..`` of :meth:`ViT.position_embedding`, computed by the same operations."""
-        grid = tuple(grid)
-        if grid not in self._spatial:
-            self._spatial[grid] = self.vit.spatial_embedding(grid)
-        pe = self._spatial[grid]
-        temporal = self.vit.temporal_embed
-        if temporal is None:
-            if pos0 != 0 or t != 1:
-                raise ValueError("this model was built for images (num_frames=1); got a video block")
-            return pe
-        return pe.repeat(t, 1) + temporal[pos0 : pos0 + t].repeat_interleave(pe.shape[0], 0)
-
     def step(self, h: Tensor, pos0: int, thw: tuple[int, int, int], keep_tokens: int | None) -> Tensor:
         """One block ``h`` (B, t*h*w, D) -> trunk output; the next block then attends to the last
         ``keep_tokens`` positions (None: all since the last reset)."""
         n = h.shape[1]
         self._make_room(h, n, thw[1] * thw[2])
-        x = h + self.positions(pos0, thw[0], thw[1:]).to(h.dtype)
+        x = h + self.vit.position_embedding(thw[0], thw[1:], start=pos0).to(h.dtype)
         x = self.vit.ln_pre(x)
         for i, blk in enumerate(self.vit.blocks):
             x = blk.step_block(x, self.cache[i], self.start, self.begin)

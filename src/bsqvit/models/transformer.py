@@ -78,15 +78,18 @@ class ViT(nn.Module):
         pe = F.interpolate(pe, size=tuple(grid), mode="bicubic", align_corners=False)
         return pe.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], D).to(self.pos_embed.dtype)
 
-    def position_embedding(self, num_frames: int, grid: tuple[int, int]) -> Tensor:
+    def position_embedding(self, num_frames: int, grid: tuple[int, int], start: int = 0) -> Tensor:
+        """(num_frames*h*w, D) embeddings of frames ``start .. start+num_frames-1`` (a streamed
+        block starts past 0)."""
         pe = self.spatial_embedding(grid)
         if self.temporal_embed is None:
-            if num_frames != 1:
+            if num_frames != 1 or start != 0:
                 raise ValueError("this model was built for images (num_frames=1); got a video")
             return pe
-        if num_frames > self.num_frames:
-            raise ValueError(f"{num_frames} frames exceed the model's maximum of {self.num_frames}")
-        return pe.repeat(num_frames, 1) + self.temporal_embed[:num_frames].repeat_interleave(pe.shape[0], 0)
+        if start + num_frames > self.num_frames:
+            raise ValueError(f"{start + num_frames} frames exceed the model's maximum of {self.num_frames}")
+        temporal = self.temporal_embed[start : start + num_frames]
+        return pe.repeat(num_frames, 1) + temporal.repeat_interleave(pe.shape[0], 0)
 
     def forward(self, x: Tensor, num_frames: int, grid: tuple[int, int], mask: Tensor | None) -> Tensor:
         x = x + self.position_embedding(num_frames, grid).to(x.dtype)
