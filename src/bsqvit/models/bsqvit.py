@@ -152,16 +152,36 @@ class BSQViT(
             z = self.quant_embed(h)
         return z.float(), thw
 
-    def quantize(self, z: Tensor) -> QuantizerOutput:
-        return self.quantizer(z)
+    def quantize(self, z: Tensor, bits: int | None = None) -> QuantizerOutput:
+        return self.quantizer(z) if bits is None else self.quantizer(z, bits=bits)
+
+    @property
+    def nested_bits(self) -> tuple[int, ...] | None:
+        """The rates L' (kept bits per token) a nested-bits model was trained for, else None."""
+        return getattr(self.quantizer, "nested_bits", None)
+
+    def check_bits(self, bits: int | None) -> int | None:
+        """``bits`` checked against the model's levels (ValueError when it has none or not this one)."""
+        if bits is None:
+            return None
+        if not hasattr(self.quantizer, "check_bits"):
+            raise ValueError(f"--bits needs a binary (bsq/lfq) quantizer, this model has {type(self.quantizer).__name__}")
+        return self.quantizer.check_bits(bits)
 
     @torch.no_grad()
-    def encode(self, x: Tensor, amp: bool = False) -> Tensor:
-        """int64 token indices: (B, h, w) for images, (B, T, h, w) for videos."""
+    def encode(self, x: Tensor, amp: bool = False, bits: int | None = None) -> Tensor:
+        """int64 token indices: (B, h, w) for images, (B, T, h, w) for videos.
+
+        ``bits=L'`` (nested-bits models): only the first L' bits of every token; the others are
+        0, so the indices stay in the full L-bit index space.
+        """
+        self.check_bits(bits)
         z, (T, h, w) = self.encode_continuous(x, amp=amp)
         q = self.quantizer
         if hasattr(q, "project"):  # binary quantizers: no need for the entropy terms
             idx = q.codes_to_indices(q.project(z))
+            if bits is not None:
+                idx = q.keep_bits(idx, bits)
         else:
             idx = q(z).indices
         idx = idx.reshape(x.shape[0], T, h, w)
@@ -177,14 +197,18 @@ class BSQViT(
         return unpatchify(out.float(), self.patch_size, thw)
 
     @torch.no_grad()
-    def decode(self, indices: Tensor, size: tuple[int, int] | None = None, amp: bool = False) -> Tensor:
-        """Token indices -> pixels in [-1, 1], cropped to ``size`` (H, W) if given."""
+    def decode(self, indices: Tensor, size: tuple[int, int] | None = None, amp: bool = False,
+               bits: int | None = None) -> Tensor:
+        """Token indices -> pixels in [-1, 1], cropped to ``size`` (H, W) if given. ``bits=L'``:
+        tokens of a nested-bits model at rate L' (only their first L' bits are read)."""
+        self.check_bits(bits)
         if indices.ndim not in (3, 4):
             raise ValueError(f"expected indices (B,h,w) or (B,T,h,w), got shape {tuple(indices.shape)}")
         video = indices.ndim == 4
         idx = indices if video else indices.unsqueeze(1)
         B, T, h, w = idx.shape
-        zq = self.quantizer.indices_to_codes(idx.reshape(B, T * h * w).to(self.quant_embed.weight.device))
+        flat = idx.reshape(B, T * h * w).to(self.quant_embed.weight.device)
+        zq = self.quantizer.indices_to_codes(flat) if bits is None else self.quantizer.indices_to_codes(flat, bits=bits)
         x = self.decode_codes(zq.to(self.post_quant_embed.weight.dtype), (T, h, w), amp=amp)
         if size is not None:
             H, W = size
@@ -205,12 +229,13 @@ class BSQViT(
         return streaming.decode_stream(self, indices, size=size, window=window, amp=amp)
 
     # ---- training forward -------------------------------------------------------------------
-    def forward(self, x: Tensor, amp: bool = False) -> BSQViTOutput:
-        """Encode, quantize, decode. Returns the clamped reconstruction and the quantizer terms."""
+    def forward(self, x: Tensor, amp: bool = False, bits: int | None = None) -> BSQViTOutput:
+        """Encode, quantize, decode. Returns the clamped reconstruction and the quantizer terms.
+        A nested-bits model in training mode draws its rate per call unless ``bits`` is given."""
         x5, video = self._to_video(x)
         H, W = x5.shape[-2:]
         z, thw = self.encode_continuous(x5, amp=amp)
-        q = self.quantizer(z)
+        q = self.quantize(z, self.check_bits(bits))
         rec = self.decode_codes(q.quantized, thw, amp=amp)[..., :H, :W].clamp(-1, 1)
         idx = q.indices.reshape(x.shape[0], *thw)
         if not video:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import Quantizer, QuantizerOutput, bits_to_indices, indices_to_bits
-from .bsq import BinarySphericalQuantizer, LookupFreeQuantizer
+from .bsq import BinarySphericalQuantizer, LookupFreeQuantizer, check_nested_bits
 from .fsq import FiniteScalarQuantizer
 from .leech import LeechQuantizer
 from .vq import VectorQuantizer
@@ -33,6 +33,9 @@ class QuantizerConfig:
     decay: float = 0.99  # vq EMA decay
     dead_code_threshold: float = 1.0  # vq: codes whose EMA usage falls below this are restarted
     levels: list[int] | None = None  # fsq, e.g. [8, 8, 8, 5, 5, 5]
+    # bsq/lfq "nested bits" (variable rate): training draws L' from these per batch and keeps only
+    # the first L' bits (renormalised); e.g. [6, 12, 18, 24, 30, 36] for dim 36. None: fixed L.
+    nested_bits: list[int] | None = None
 
     def __post_init__(self):
         if self.type not in ("bsq", "lfq", "vq", "fsq", "leech"):
@@ -43,6 +46,11 @@ class QuantizerConfig:
             if not self.levels:
                 raise ValueError("quantizer.levels is required for fsq")
             self.dim = len(self.levels)
+        if self.nested_bits is not None:
+            if self.type not in ("bsq", "lfq"):
+                raise ValueError(f"quantizer.nested_bits is for bsq/lfq, not {self.type}")
+            check_nested_bits(self.nested_bits, self.dim)
+            self.nested_bits = [int(v) for v in self.nested_bits]
 
 
 def build_quantizer(cfg: QuantizerConfig) -> Quantizer:
@@ -56,6 +64,7 @@ def build_quantizer(cfg: QuantizerConfig) -> Quantizer:
             gamma=cfg.gamma,
             zeta=cfg.zeta,
             commitment_weight=cfg.commitment_weight,
+            nested_bits=cfg.nested_bits,
         )
     if cfg.type == "vq":
         return VectorQuantizer(

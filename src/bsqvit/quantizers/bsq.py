@@ -35,6 +35,21 @@ from .base import (
 )
 
 
+def check_nested_bits(levels, dim: int) -> tuple[int, ...] | None:
+    """The kept-bit counts L' of a nested ("variable rate") quantizer, increasing, ending at L."""
+    if levels is None:
+        return None
+    levels = tuple(int(v) for v in levels)
+    if not levels or list(levels) != sorted(set(levels)) or levels[0] < 1 or levels[-1] != dim:
+        raise ValueError(f"nested_bits must be increasing, distinct, >= 1 and end at dim {dim}; got {list(levels)}")
+    return levels
+
+
+def keep_bits(indices: Tensor, dim: int, bits: int) -> Tensor:
+    """Token indices with only their first ``bits`` bits kept (channel 0 = most significant)."""
+    return indices & (((1 << bits) - 1) << (dim - bits))
+
+
 def default_group_size(dim: int, largest: int = 9) -> int:
     """Largest divisor of ``dim`` that is at most ``largest`` (9 for L = 18 and 36)."""
     return max(g for g in range(1, min(dim, largest) + 1) if dim % g == 0)
@@ -54,6 +69,7 @@ class _BinaryQuantizer(Quantizer):
         commitment_weight: float = 0.0,
         entropy_weight: float = 1.0,
         sync_stats: bool = True,
+        nested_bits: list[int] | tuple[int, ...] | None = None,
     ):
         super().__init__()
         if dim < 1 or dim > 62:
@@ -73,6 +89,7 @@ class _BinaryQuantizer(Quantizer):
         self.entropy_weight = entropy_weight
         self.sync_stats = sync_stats
         self.scale = 1.0 / math.sqrt(dim) if self.spherical else 1.0
+        self.nested_bits = check_nested_bits(nested_bits, dim)
         if group_size > 1:
             # (2^g, g) sub-codes, most significant bit first, entries +-scale
             codes = indices_to_bits(torch.arange(2**group_size), group_size).float() * 2 - 1
@@ -86,10 +103,39 @@ class _BinaryQuantizer(Quantizer):
         bits = (codes > 0).unflatten(-1, (self.num_groups, self.group_size))
         return bits_to_indices(bits)
 
-    def indices_to_codes(self, indices: Tensor) -> Tensor:
-        """int64 indices (...) -> quantized vectors (..., L), entries +-1/sqrt(L) (BSQ) or +-1 (LFQ)."""
-        bits = indices_to_bits(indices, self.dim)
-        return (bits.float() * 2 - 1) * self.scale
+    def indices_to_codes(self, indices: Tensor, bits: int | None = None) -> Tensor:
+        """int64 indices (...) -> quantized vectors (..., L), entries +-1/sqrt(L) (BSQ) or +-1 (LFQ).
+
+        ``bits=L'`` (nested quantizers): the code of the first L' bits, renormalised onto the
+        sphere of the kept bits (entries +-1/sqrt(L')), with the dropped bits 0.
+        """
+        L = self.check_bits(bits)
+        codes = (indices_to_bits(indices, self.dim).float() * 2 - 1) * self._scale(L)
+        if L < self.dim:
+            codes[..., L:] = 0
+        return codes
+
+    def check_bits(self, bits: int | None) -> int:
+        """``bits`` (None = all) as an int, checked against the nested levels."""
+        if bits is None or bits == self.dim:
+            return self.dim
+        if self.nested_bits is None:
+            raise ValueError(f"this quantizer codes all {self.dim} bits; it was not trained with nested_bits")
+        if bits not in self.nested_bits:
+            raise ValueError(f"bits must be one of the trained levels {list(self.nested_bits)}, got {bits}")
+        return int(bits)
+
+    def _scale(self, bits: int) -> float:
+        return 1.0 / math.sqrt(bits) if self.spherical else 1.0
+
+    def keep_bits(self, indices: Tensor, bits: int | None) -> Tensor:
+        """Indices of the first ``bits`` bits, the others cleared (what a rate-L' token is)."""
+        return keep_bits(indices, self.dim, self.check_bits(bits))
+
+    def sample_bits(self) -> int:
+        """A training level L', uniform over ``nested_bits`` (the global torch generator)."""
+        levels = self.nested_bits
+        return levels[int(torch.randint(len(levels), ()))]
 
     def group_indices_to_codes(self, group_indices: Tensor) -> Tensor:
         """(..., G) group indices -> (..., L) quantized vectors."""
@@ -107,9 +153,19 @@ class _BinaryQuantizer(Quantizer):
     def project(self, z: Tensor) -> Tensor:
         return F.normalize(z, dim=-1) if self.spherical else z
 
-    def quantize(self, u: Tensor) -> Tensor:
-        """Binarise with a straight-through gradient. sign(0) -> -1, as in the reference."""
-        zhat = torch.where(u > 0, self.scale, -self.scale).to(u.dtype)
+    def quantize(self, u: Tensor, bits: int | None = None) -> Tensor:
+        """Binarise with a straight-through gradient. sign(0) -> -1, as in the reference.
+
+        ``bits=L' < L``: the first L' channels are renormalised (onto their own sphere for BSQ)
+        and binarised to +-1/sqrt(L'); the others are 0 and pass no gradient.
+        """
+        L = self.dim if bits is None else bits
+        if L < self.dim:
+            u = torch.cat([self.project(u[..., :L]), torch.zeros_like(u[..., L:])], -1)
+        s = self._scale(L)
+        zhat = torch.where(u > 0, s, -s).to(u.dtype)
+        if L < self.dim:
+            zhat[..., L:] = 0
         return u + (zhat - u).detach()
 
     def entropy_terms(self, u: Tensor) -> tuple[Tensor, Tensor]:
@@ -135,13 +191,21 @@ class _BinaryQuantizer(Quantizer):
         codebook = entropy(avg).sum()
         return per_sample, codebook
 
-    def forward(self, z: Tensor) -> QuantizerOutput:
+    def forward(self, z: Tensor, bits: int | None = None) -> QuantizerOutput:
+        """``bits=L'`` keeps the first L' bits (nested quantizers). In training mode a nested
+        quantizer draws L' from ``nested_bits`` for every call unless ``bits`` is given; in
+        evaluation mode it keeps all of them. ``indices`` are those of the kept bits."""
         if z.shape[-1] != self.dim:
             raise ValueError(f"expected last dim {self.dim}, got {tuple(z.shape)}")
+        if bits is None and self.nested_bits is not None and self.training:
+            bits = self.sample_bits()
+        L = self.check_bits(bits)
         with torch.autocast(device_type=z.device.type, enabled=False):
             u = self.project(z.float())
-            zq = self.quantize(u)
+            zq = self.quantize(u, L if L < self.dim else None)
             bits = u.detach() > 0
+            if L < self.dim:
+                bits[..., L:] = False
             indices = bits_to_indices(bits)
             group_indices = bits_to_indices(bits.unflatten(-1, (self.num_groups, self.group_size)))
             flat = u.reshape(-1, self.dim)

@@ -55,6 +55,7 @@ from .distributed import (
     load_full_state,
     wrap_fsdp,
 )
+from .init_from import adapt_init
 from .loop import TrainLoop
 from .objective import TokenizerObjective
 from .optim import adamw, adamw_warmup_cosine, ema_update, keeping_fused, make_ema, warmup_cosine, warmup_cosine_lr
@@ -67,20 +68,6 @@ log = logging.getLogger("bsqvit.train")
 
 def unwrap(m: torch.nn.Module) -> torch.nn.Module:
     return m.module if isinstance(m, DDP) else m
-
-
-def _adapt_init(cfg: TrainConfig) -> BSQViT:
-    """Fine-tune from a pretrained model, e.g. image -> video (temporal embeddings start at 0)."""
-    base = BSQViT.from_pretrained(cfg.init_from)
-    model = BSQViT(cfg.model)
-    own = model.state_dict()
-    state = {k: v for k, v in base.state_dict().items() if k in own and own[k].shape == v.shape}
-    missing = [k for k in own if k not in state]
-    bad = [k for k in missing if "temporal_embed" not in k]
-    if bad:
-        raise ValueError(f"init_from {cfg.init_from}: incompatible with the model config ({bad[:3]})")
-    model.load_state_dict(state, strict=False)
-    return model
 
 
 def _ssim_items(rec: torch.Tensor, x: torch.Tensor) -> list[float]:
@@ -131,7 +118,7 @@ class Trainer(TrainLoop):
     def _build_models(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.model = _adapt_init(cfg) if cfg.init_from else BSQViT(cfg.model)
+        self.model = adapt_init(cfg.init_from, cfg.model) if cfg.init_from else BSQViT(cfg.model)
         self.model.to(self.device).train()
         self.ema = make_ema(self.model) if cfg.optim.ema_decay > 0 else None
         self.perceptual = self._build_perceptual()
