@@ -196,7 +196,7 @@ class ChunkDecoder:
             for n in live:
                 a, b, r, q = tiles[n]
                 x = pr.start if t == 0 else pr.embed(np.int64(last[n]))
-                x = x + pr.row[t // q] + pr.col[t % q] + (0 if conds[n] is None else conds[n][t])
+                x = x + pr.row[t // q] + pr.col[t % q] + pr.rate + (0 if conds[n] is None else conds[n][t])
                 x = clamp(x)[None]
                 for blk, cache in zip(pr.blocks, caches[n]):
                     x = pr.block(blk, x, cache, t)
@@ -219,7 +219,8 @@ class ChunkDecoder:
                     continue
                 seq = np.nonzero(pms[n] <= s)[0]
                 base = np.where((pms[n][seq] < s)[:, None], pr.embed(dec[n][seq]), pr.start)
-                x = clamp(base + pr.row[seq // q] + pr.col[seq % q] + (0 if conds[n] is None else conds[n][seq]))
+                x = clamp(base + pr.row[seq // q] + pr.col[seq % q] + pr.rate
+                          + (0 if conds[n] is None else conds[n][seq]))
                 for blk in pr.blocks:
                     x = pr.block(blk, x)
                 feats.append(pr.ln_f(x)[pms[n][seq] == s])
@@ -239,7 +240,8 @@ class ChunkDecoder:
 def check_prior(h: dict, prior: Prior) -> None:
     c = prior.config
     require(prior.id == h["prior_id"].hex(), "the file was made with other prior weights")
-    same = (c["kind"] == h["coder"] and c["bits"] == h["bits"] and c["group_bits"] == h["group_bits"]
+    same = (c["kind"] == h["coder"] and h["bits"] in [c["bits"], *(c.get("rates") or [])]
+            and c["group_bits"] == h["group_bits"]
             and tuple(c["tile"]) == (h["tile_h"], h["tile_w"]) and bool(c["video"]) == h["video_cond"])
     if c["kind"] == "parallel":
         same = same and c["passes"] == h["passes"] and c["schedule"] == h["schedule"]
@@ -257,6 +259,7 @@ def decode_file(data: bytes, prior=None, on_freqs=None) -> tuple[dict, np.ndarra
         require(prior is not None, "a prior-coded file needs its prior")
         prior = prior if isinstance(prior, Prior) else Prior(prior)
         check_prior(h, prior)
+        prior = prior.at_rate(h["bits"])
     frames, last, F = [], None, h["frames_per_chunk"]
     for i, (payload, tcrc) in enumerate(chunks):
         n = min(F, h["frames"] - i * F)

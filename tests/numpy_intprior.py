@@ -5,6 +5,7 @@ Part of the independent decoder (tests/numpy_decoder.py): no torch, no bsqvit.
 
 from __future__ import annotations
 
+import copy
 import decimal
 import functools
 import hashlib
@@ -178,6 +179,10 @@ class Prior:
         ln = lambda n: LayerNorm(sd[n + ".weight"], sd[n + ".bias"])  # noqa: E731
         self.tok_emb = [fixed(sd[f"tok_emb.{k}.weight"]) for k in range(self.G)]
         self.row, self.col, self.start = fixed(sd["row_emb.weight"]), fixed(sd["col_emb.weight"]), fixed(sd["start"])
+        # sections 3.5 and 4.7: a nested prior adds the vector of the file's rate to every position (default: the full rate)
+        self.rates = c.get("rates")
+        self.rate_emb = fixed(sd["rate_emb.weight"]) if self.rates else None
+        self.rate = self.rate_emb[-1] if self.rates else 0
         if c["video"]:
             self.conv, self.no_prev = lin("prev_conv"), fixed(sd["no_prev"])
         self.blocks = [{n: (ln if n.startswith("ln") else lin)(f"blocks.{i}.{n}")
@@ -185,6 +190,14 @@ class Prior:
         self.ln_f = ln("ln_f")
         self.heads = [dict(prev=[fixed(sd[f"heads.{k}.prev.{j}.weight"]) for j in range(k)], ln=ln(f"heads.{k}.ln"),
                            fc1=lin(f"heads.{k}.fc1"), fc2=lin(f"heads.{k}.fc2")) for k in range(self.G)]
+
+    def at_rate(self, bits: int) -> "Prior":
+        """Section 3.5: the prior coding ``bits``-bit tokens (their first bits / g groups)."""
+        require(bits == self.config["bits"] or bits in (self.rates or []), "the prior does not code this rate")
+        view = copy.copy(self)
+        view.G = bits // self.g
+        view.rate = self.rate_emb[self.rates.index(bits)] if self.rates else 0
+        return view
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         g = self.g

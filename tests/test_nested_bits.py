@@ -1,7 +1,9 @@
 """Nested ("variable rate") BSQ: keeping the first L' of L bits."""
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,3 +95,105 @@ def test_model_encode_decode_at_every_rate():
         assert torch.all(idx & ((1 << (18 - L)) - 1) == 0)
     with pytest.raises(ValueError, match="trained levels"):
         m.encode(x, bits=9)
+
+
+# ---- the codec at every rate ------------------------------------------------------------------------------
+from bsqvit.cli import main  # noqa: E402
+from bsqvit.codec import CodecOptions, compress, decompress  # noqa: E402
+from bsqvit.codec.container import read_container  # noqa: E402
+from bsqvit.codec.prior import PriorConfig, TokenPrior  # noqa: E402
+from bsqvit.io import InputError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def nested():
+    torch.manual_seed(1)
+    model = BSQViT.from_preset("tiny", quantizer=dict(type="bsq", dim=18, group_size=9, nested_bits=LEVELS)).eval()
+    priors = {kind: TokenPrior(PriorConfig(kind=kind, bits=18, group_bits=6, rates=LEVELS, width=32, layers=1, heads=2,
+                                           tile=[4, 4], passes=5)).eval() for kind in ("ar", "parallel")}
+    x = torch.rand(3, 40, 56) * 2 - 1
+    return model, priors, x
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("kind", ["raw", "ar", "parallel"])
+def test_files_at_every_rate_decode_to_the_models_reconstruction(nested, kind):
+    model, priors, x = nested
+    prior = None if kind == "raw" else priors[kind]
+    sizes = []
+    for L in LEVELS:
+        res = compress(x, model, prior, options=CodecOptions(tile_batch=2), bits=L)
+        header, _ = read_container(res.data)
+        assert header.bits == L
+        want = model.decode(model.encode(x[None], bits=L), size=(40, 56), bits=L)[0]
+        torch.testing.assert_close(decompress(res.data, model, prior), want, atol=0, rtol=0)
+        sizes.append(len(res.data))
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+
+
+def test_the_integer_prior_at_a_rate_codes_what_the_float_prior_predicts(nested):
+    """The coder's ideal bits (integer engine at rate L') match the float prior's teacher-forced
+    bits at L' on the same tokens, and the rates differ (the rate vector and group count matter)."""
+    model, priors, x = nested
+    prior = priors["ar"]
+    per_rate = []
+    for L in LEVELS:
+        res = compress(x, model, prior, bits=L)
+        tokens = model.encode(x[None], bits=L) >> (18 - L)  # (1, 5, 7): one 5x7 frame, tiles 4x4
+        with torch.no_grad():
+            nll = sum(float(prior(tokens[:, r0:r0 + r, c0:c0 + q].reshape(1, r, q), bits=L).sum())
+                      for r0, r in ((0, 3), (3, 2)) for c0, q in ((0, 4), (4, 3)))
+        assert res.stats["ideal_bits_per_token"] * 35 == pytest.approx(nll, rel=0.02)
+        per_rate.append(nll / 35)
+    assert per_rate == sorted(per_rate)
+
+
+def test_rates_are_checked(nested, tmp_path):
+    model, priors, x = nested
+    with pytest.raises(InputError, match="trained levels"):
+        compress(x, model, None, bits=9)
+    fixed = TokenPrior(PriorConfig(kind="ar", bits=18, group_bits=6, width=32, layers=1, heads=2, tile=[4, 4])).eval()
+    with pytest.raises(InputError, match="rates"):
+        compress(x, model, fixed, bits=12)
+    with pytest.raises(Exception, match="rates must be increasing multiples"):
+        PriorConfig(bits=18, group_bits=6, rates=[9, 18])
+    data = compress(x, model, None, bits=12).data
+    other = BSQViT.from_preset("tiny", quantizer=dict(type="bsq", dim=18, group_size=9)).eval()
+    other.load_state_dict(model.state_dict())  # same weights, but no nested levels: another model
+    with pytest.raises(Exception, match="other tokenizer weights"):
+        decompress(data, other)
+
+
+def test_compress_cli_takes_bits(nested, tmp_path, capsys):
+    model, _, x = nested
+    mdir = tmp_path / "m"
+    model.save_pretrained(mdir)
+    from bsqvit.io import save_image
+    save_image(x, tmp_path / "in.png")
+    for L in (6, 18):
+        rc = main(["compress", str(tmp_path / "in.png"), str(tmp_path / f"o{L}.bsq"), "--model", str(mdir),
+                   "--prior", "none", "--bits", str(L), "--json"])
+        assert rc == 0
+    assert (tmp_path / "o6.bsq").stat().st_size < (tmp_path / "o18.bsq").stat().st_size
+    assert main(["decompress", str(tmp_path / "o6.bsq"), str(tmp_path / "o6.png"), "--model", str(mdir)]) == 0
+    capsys.readouterr()
+    rc = main(["compress", str(tmp_path / "in.png"), str(tmp_path / "bad.bsq"), "--model", str(mdir),
+               "--prior", "none", "--bits", "7"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "trained levels" in err and "Traceback" not in err
+    assert not (tmp_path / "bad.bsq").exists()
+
+
+@pytest.mark.parametrize("kind", ["ar", "parallel"])
+def test_the_independent_numpy_decoder_reads_nested_files(nested, kind, tmp_path):
+    """docs/FORMAT.md section 3.5, re-implemented in tests/numpy_*.py, decodes every rate."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    import numpy_decoder as nd
+
+    model, priors, x = nested
+    priors[kind].save_pretrained(tmp_path / "p")
+    for L in (12,):
+        res = compress(x, model, priors[kind], bits=L)
+        _, tokens = nd.decode_file(res.data, tmp_path / "p")
+        assert np.array_equal(tokens[0], (model.encode(x[None], bits=L)[0] >> (18 - L)).numpy())

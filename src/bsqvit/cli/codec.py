@@ -49,6 +49,9 @@ def add_compress(sub) -> None:
     p.add_argument("output", metavar="OUT.bsq")
     add_model_args(p)
     p.add_argument("--prior", default=None, metavar="DIR|none", help="token prior directory, or none (raw); default: the embedded prior")
+    p.add_argument("--bits", type=int, default=None, metavar="L'",
+                   help="rate: keep the first L' bits of every token (nested-bits models; one of their levels, "
+                        "see `bsqvit info`); default: all")
     add_input_args(p)
     _add_prior_runtime_args(p)
     p.add_argument("--frames-per-chunk", type=int, default=None, metavar="N", help="video frames per chunk (default 8)")
@@ -87,7 +90,7 @@ def cmd_compress(args) -> int:
     if prior is not None and prior.config.tokenizer_hash and prior.config.tokenizer_hash != model.weights_hash():
         warnings.append("the prior was trained on another tokenizer's tokens (decodable, but expect more bits)")
     stats = compress_file(inp, out, model, prior, opts, max_frames=args.max_frames, amp=args.amp,
-                          max_pixels=args.max_pixels)
+                          max_pixels=args.max_pixels, bits=args.bits)
     if warnings:
         stats["warnings"] = warnings
         for w in warnings:

@@ -85,15 +85,47 @@ def _chunk_frames(model) -> int:
     return video_chunk(model)
 
 
-def _check_prior(prior, model_bits: int) -> None:
-    if prior.config.bits != model_bits:
-        raise InputError(f"the prior models {prior.config.bits}-bit tokens, the tokenizer makes {model_bits}-bit tokens")
+def _check_prior(prior, model_bits: int, bits: int) -> None:
+    c = prior.config
+    if c.bits != model_bits:
+        raise InputError(f"the prior models {c.bits}-bit tokens, the tokenizer makes {model_bits}-bit tokens")
+    if bits != c.bits and bits not in (c.rates or []):
+        raise InputError(f"the prior codes the rates {c.rates or [c.bits]} bits per token, not {bits}")
 
 
-def base_header(model, media: str, H: int, W: int, T: int, fps: float, prior, opts: CodecOptions) -> Header:
+def coded_bits(model, bits: int | None) -> int:
+    """Bits per token a file holds: the rate ``bits`` of a nested-bits model (checked), else all."""
+    if bits is None:
+        return token_bits(model)
+    try:
+        model.check_bits(bits)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    return int(bits)
+
+
+def to_file_tokens(tokens: np.ndarray, model, bits: int) -> np.ndarray:
+    """Full-width indices -> the ``bits``-bit tokens a file stores (their first ``bits`` bits)."""
+    return tokens >> (token_bits(model) - bits)
+
+
+def from_file_tokens(tokens: np.ndarray, model, bits: int) -> np.ndarray:
+    """A file's ``bits``-bit tokens -> the tokenizer's full-width indices (the dropped bits 0)."""
+    return tokens << (token_bits(model) - bits)
+
+
+def _engine(prior, header: Header):
+    """The integer engine of ``prior`` at the file's rate (``header.bits``)."""
+    engine = as_engine(prior)
+    return engine.at_rate(header.bits) if hasattr(engine, "at_rate") else engine
+
+
+def base_header(model, media: str, H: int, W: int, T: int, fps: float, prior, opts: CodecOptions,
+                bits: int | None = None) -> Header:
+    """The header of a file of ``model``'s tokens; ``bits``: the rate of a nested-bits model."""
     p = model.patch_size
     gh, gw = -(-H // p), -(-W // p)
-    L = token_bits(model)
+    L = coded_bits(model, bits)
     fpc = 1 if media == "image" else max(1, opts.frames_per_chunk)
     h = Header(
         media=media, coder="raw", tokenizer_id=short_id(model.weights_hash()), bits=L, patch_size=p,
@@ -102,7 +134,7 @@ def base_header(model, media: str, H: int, W: int, T: int, fps: float, prior, op
         chunk_frames=_chunk_frames(model), frames_per_chunk=fpc, n_chunks=-(-T // fpc),
     )
     if prior is not None:
-        _check_prior(prior, L)
+        _check_prior(prior, token_bits(model), L)
         c = prior.config
         h.coder = c.kind
         h.prior_id = short_id(prior.weights_hash())
@@ -128,7 +160,7 @@ def encode_tokens(tokens: np.ndarray, header: Header, prior=None,
     if tokens.min() < 0 or tokens.max() >= (1 << header.bits):
         raise ValueError(f"tokens outside [0, 2^{header.bits})")
     header.tokens_digest = tokens_digest(tokens)
-    engine = as_engine(prior) if header.coder != "raw" else None
+    engine = _engine(prior, header) if header.coder != "raw" else None
     chunks, stats = [], CodingStats()
     t0 = time.perf_counter()
     start = 0
@@ -171,7 +203,7 @@ def iter_decode_tokens(header: Header, chunks, prior=None, options: CodecOptions
     digest of all tokens is checked after the last chunk."""
     opts = options or CodecOptions()
     gh, gw = header.grid
-    engine = as_engine(prior) if header.coder != "raw" else None
+    engine = _engine(prior, header) if header.coder != "raw" else None
     digest = hashlib.sha256()
     last = None
     for ci, ((payload, tcrc), n) in enumerate(zip(chunks, header.chunk_frame_counts())):
@@ -231,7 +263,8 @@ def check_decoders(header: Header, model=None, prior=None) -> None:
         if mid != header.tokenizer_id:
             raise BSQFormatError(f"file was made for other tokenizer weights (id {header.tokenizer_id[:12]}..., "
                                  f"the given model is {mid[:12]}...)")
-        if token_bits(model) != header.bits or model.patch_size != header.patch_size:
+        rates = getattr(model, "nested_bits", None) or ()
+        if (token_bits(model) != header.bits and header.bits not in rates) or model.patch_size != header.patch_size:
             raise BSQFormatError("tokenizer bits or patch size differ from the file's")
         if _chunk_frames(model) != header.chunk_frames or model.config.pad_mode != header.pad_mode:
             raise BSQFormatError("tokenizer frames per chunk or padding differ from the file's")
@@ -246,7 +279,7 @@ def check_decoders(header: Header, model=None, prior=None) -> None:
                              f"the given prior is {pid[:12]}...)")
     c = prior.config
     ok = (c.kind == header.coder and c.group_bits == header.group_bits and tuple(c.tile) == tuple(header.tile)
-          and c.bits == header.bits and bool(c.video) == header.video_cond)
+          and (c.bits == header.bits or header.bits in (c.rates or [])) and bool(c.video) == header.video_cond)
     if c.kind == "parallel":
         ok = ok and c.passes == header.passes and c.schedule == header.schedule
     if not ok:
@@ -262,27 +295,29 @@ def decode_tokens(data: bytes, prior=None, limits: Limits | None = None,
 
 
 # ---- tensors ------------------------------------------------------------------------------------------
-def tokenize(model, x: torch.Tensor, amp: bool = False) -> np.ndarray:
-    """(3, H, W) -> (1, h, w); (3, T, H, W) -> (T, h, w): the calls of ``bsqvit reconstruct``."""
+def tokenize(model, x: torch.Tensor, amp: bool = False, bits: int | None = None) -> np.ndarray:
+    """(3, H, W) -> (1, h, w); (3, T, H, W) -> (T, h, w): the calls of ``bsqvit reconstruct``.
+    ``bits``: the rate of a nested-bits model (full-width indices, dropped bits 0)."""
     x = x.to(model.device)
     if x.ndim == 3:
-        return model.encode(x[None], amp=amp)[0].cpu().numpy()[None]
+        return model.encode(x[None], amp=amp, **({} if bits is None else {"bits": bits}))[0].cpu().numpy()[None]
     n = _chunk_frames(model)
-    return np.concatenate([encode_frames(model, x[:, s : s + n], amp=amp).cpu().numpy()
+    return np.concatenate([encode_frames(model, x[:, s : s + n], amp=amp, bits=bits).cpu().numpy()
                            for s in range(0, x.shape[1], n)])
 
 
 def compress(x: torch.Tensor, model, prior=None, fps: float = 25.0, options: CodecOptions | None = None,
-             amp: bool = False) -> CompressResult:
-    """An image (3, H, W) or a video (3, T, H, W) in [-1, 1] -> ``.bsq`` bytes."""
+             amp: bool = False, bits: int | None = None) -> CompressResult:
+    """An image (3, H, W) or a video (3, T, H, W) in [-1, 1] -> ``.bsq`` bytes. ``bits``: code
+    only the first ``bits`` bits of every token (a rate of a nested-bits model)."""
     if x.ndim not in (3, 4) or x.shape[0] != 3:
         raise ValueError(f"expected (3,H,W) or (3,T,H,W), got {tuple(x.shape)}")
     t0 = time.perf_counter()
     media = "image" if x.ndim == 3 else "video"
     H, W = x.shape[-2:]
     T = 1 if media == "image" else x.shape[1]
-    header = base_header(model, media, H, W, T, fps, prior, options or CodecOptions())
-    tokens = tokenize(model, x, amp=amp)
+    header = base_header(model, media, H, W, T, fps, prior, options or CodecOptions(), bits=bits)
+    tokens = to_file_tokens(tokenize(model, x, amp=amp, bits=bits), model, header.bits)
     t1 = time.perf_counter()
     data, info = encode_tokens(tokens, header, prior, options)
     stats = summarize(data, header, info, time.perf_counter() - t0)
@@ -307,6 +342,7 @@ def _decode_pixels(model, header: Header, token_blocks: Iterator[np.ndarray], am
     """Yield uint8-ready pixel chunks (3, t, H, W) in [-1, 1] (t = the tokenizer's chunk)."""
     size = (header.height, header.width)
     n = header.chunk_frames
+    bits = file_rate(model, header)
     buf: list[np.ndarray] = []
     count = 0
     for block in token_blocks:
@@ -314,10 +350,26 @@ def _decode_pixels(model, header: Header, token_blocks: Iterator[np.ndarray], am
             buf.append(f)
             count += 1
             if len(buf) == n:
-                yield decode_frames(model, torch.from_numpy(np.stack(buf)), size, amp=amp)
+                yield decode_frames(model, _indices(buf, model, header), size, amp=amp, bits=bits)
                 buf = []
     if buf:
-        yield decode_frames(model, torch.from_numpy(np.stack(buf)), size, amp=amp)
+        yield decode_frames(model, _indices(buf, model, header), size, amp=amp, bits=bits)
+
+
+def file_rate(model, header: Header) -> int | None:
+    """The ``bits=`` the tokenizer decodes a file's tokens with (None: all of its bits)."""
+    return None if header.bits == token_bits(model) else header.bits
+
+
+def decode_image(model, header: Header, tokens: np.ndarray, amp: bool = False) -> torch.Tensor:
+    """An image file's tokens (1, h, w) -> pixels (3, H, W) in [-1, 1], at the file's rate."""
+    idx = torch.from_numpy(from_file_tokens(tokens, model, header.bits))
+    kw = {} if file_rate(model, header) is None else {"bits": header.bits}
+    return model.decode(idx, size=(header.height, header.width), amp=amp, **kw)[0]
+
+
+def _indices(frames: list[np.ndarray], model, header: Header) -> torch.Tensor:
+    return torch.from_numpy(from_file_tokens(np.stack(frames), model, header.bits))
 
 
 def decompress(data: bytes, model, prior=None, limits: Limits | None = None, amp: bool = False,
@@ -328,6 +380,5 @@ def decompress(data: bytes, model, prior=None, limits: Limits | None = None, amp
     check_decoders(header, model, prior)
     blocks = _in_codebook(iter_decode_tokens(header, chunks, prior, options), model)
     if header.media == "image":
-        tokens = next(blocks)
-        return model.decode(torch.from_numpy(tokens), size=(header.height, header.width), amp=amp)[0].cpu()
+        return decode_image(model, header, next(blocks), amp=amp).cpu()
     return torch.cat([px.cpu() for px in _decode_pixels(model, header, blocks, amp=amp)], dim=1)

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..io import (
@@ -35,9 +34,11 @@ from .api import (
     _in_codebook,
     base_header,
     check_decoders,
+    decode_image,
     encode_tokens,
     iter_decode_tokens,
     summarize,
+    to_file_tokens,
     tokenize,
 )
 from .container import BSQFormatError, Header, Limits, max_file_bytes, read_container
@@ -54,26 +55,29 @@ def read_bsq(path: str | os.PathLike, limits: Limits | None = None) -> bytes:
 
 
 def compress_file(inp, out, model, prior=None, options: CodecOptions | None = None, max_frames: int | None = None,
-                  amp: bool = False, max_pixels: int | None = MAX_PIXELS) -> dict:
+                  amp: bool = False, max_pixels: int | None = MAX_PIXELS, bits: int | None = None) -> dict:
     """Image or video file -> ``.bsq`` file (written atomically). Returns the statistics.
-    Inputs over ``max_pixels`` per image or frame are refused from their header."""
+    Inputs over ``max_pixels`` per image or frame are refused from their header. ``bits``: the
+    rate of a nested-bits tokenizer (bits kept per token)."""
     t0 = time.perf_counter()
     opts = options or CodecOptions()
     if is_video_path(inp):
         info = video_info(inp, max_pixels=max_pixels)
         H, W, fps = info["height"], info["width"], info["fps"]
         frames = iter_video_frames(inp, max_frames=max_frames, max_pixels=max_pixels)
-        parts = [encode_frames(model, from_uint8(f).to(model.device), amp=amp).cpu().numpy()
+        base_header(model, "video", H, W, 1, fps, prior, opts, bits=bits)  # refuses a bad rate before any work
+        parts = [encode_frames(model, from_uint8(f).to(model.device), amp=amp, bits=bits).cpu().numpy()
                  for f in frame_chunks(frames, _chunk_frames(model))]
         if not parts:
             raise InputError(f"{inp}: no frames selected")
         tokens = np.concatenate(parts)
-        header = base_header(model, "video", H, W, tokens.shape[0], fps, prior, opts)
+        header = base_header(model, "video", H, W, tokens.shape[0], fps, prior, opts, bits=bits)
     else:
         x = load_image(inp, max_pixels=max_pixels)
         H, W = x.shape[-2:]
-        header = base_header(model, "image", H, W, 1, 0.0, prior, opts)
-        tokens = tokenize(model, x, amp=amp)
+        header = base_header(model, "image", H, W, 1, 0.0, prior, opts, bits=bits)
+        tokens = tokenize(model, x, amp=amp, bits=bits)
+    tokens = to_file_tokens(tokens, model, header.bits)
     t1 = time.perf_counter()
     data, info = encode_tokens(tokens, header, prior, opts)
     with atomic_path(out) as tmp:
@@ -103,9 +107,7 @@ def decompress_file(inp, out, model, prior=None, limits: Limits | None = None, c
     if header.media == "image":
         if is_video_path(out_s) or Path(out_s).suffix.lower() not in IMAGE_SUFFIXES:
             raise InputError(f"{out}: the file holds an image; the output needs an image suffix (.png)")
-        tokens = next(blocks)
-        rec = model.decode(torch.from_numpy(tokens), size=(header.height, header.width), amp=amp)[0]
-        save_image(rec, out)
+        save_image(decode_image(model, header, next(blocks), amp=amp), out)
     elif is_video_path(out_s):
         with VideoWriter(out, header.fps, crf=crf, lossless=lossless) as writer:
             for px in _decode_pixels(model, header, blocks, amp=amp):

@@ -11,6 +11,8 @@ independent NumPy decoder in ``tests/numpy_decoder.py`` re-implements it from th
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor
 
@@ -74,6 +76,9 @@ class IntPrior:
         self.tok_emb = [I.quantize_fixed(e.weight) for e in prior.tok_emb]
         self.row_emb, self.col_emb = I.quantize_fixed(prior.row_emb.weight), I.quantize_fixed(prior.col_emb.weight)
         self.start = I.quantize_fixed(prior.start)
+        # nested priors: one rate vector per rate, added to every position (default: the full rate)
+        self.rate_emb = I.quantize_fixed(prior.rate_emb.weight) if c.rates is not None else None
+        self.rate = self.rate_emb[-1] if self.rate_emb is not None else None
         if c.video:
             w = prior.prev_conv.weight  # (D, D, 3, 3) -> rows over (in channel, ky, kx), as unfold lays them
             self.conv = I.IntLinear(w.reshape(w.shape[0], -1), prior.prev_conv.bias)
@@ -92,7 +97,19 @@ class IntPrior:
         return I.clamp_act(out)
 
     def positions(self, rows: Tensor, cols: Tensor) -> Tensor:
-        return self.row_emb[rows] + self.col_emb[cols]
+        out = self.row_emb[rows] + self.col_emb[cols]
+        return out if self.rate is None else out + self.rate
+
+    def at_rate(self, bits: int) -> "IntPrior":
+        """This engine coding ``bits``-bit tokens (a rate of a nested prior; the full rate is itself)."""
+        c = self.config
+        r = c.rate_index(bits)
+        if r is None or bits == c.bits:
+            return self
+        view = copy.copy(self)
+        view.config = c.at_rate(bits)
+        view.rate = self.rate_emb[r]
+        return view
 
     def condition(self, prev: Tensor | None, valid: Tensor | None, batch: int, h: int, w: int) -> Tensor | None:
         """Video conditioning (B, h*w, D): the 3x3 convolution of the previous frame's embeddings."""

@@ -62,6 +62,10 @@ class PriorConfig:
     passes: int = 9  # parallel: number of passes S
     schedule: str = "quadtree"  # parallel: quadtree (S odd) | random (fixed hash order, cosine sizes)
     video: bool = False  # condition every frame on the previous frame's tokens
+    # nested-bits tokenizers: the rates L' (bits kept per token, multiples of group_bits, the last
+    # = bits) this prior codes. At rate L' the tokens are L'-bit values (the first L' bits), only
+    # their L'/g groups are embedded and coded, and a learned rate vector joins every position.
+    rates: list[int] | None = None
     tokenizer_hash: str | None = None  # the tokenizer the prior was trained for (informational)
 
     def __post_init__(self):
@@ -80,6 +84,12 @@ class PriorConfig:
             raise ConfigError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.rates is not None:
+            self.rates = [int(r) for r in self.rates]
+            if (not self.rates or self.rates != sorted(set(self.rates)) or self.rates[-1] != self.bits
+                    or any(r < 1 or r % self.group_bits for r in self.rates)):
+                raise ConfigError(f"prior rates must be increasing multiples of group_bits {self.group_bits} "
+                                  f"ending at bits {self.bits}, got {self.rates}")
         if not (1 <= self.passes <= 64):
             raise ConfigError(f"passes must be in 1..64, got {self.passes}")
         if self.kind == "parallel" and self.schedule == "quadtree" and self.passes % 2 == 0:
@@ -88,6 +98,21 @@ class PriorConfig:
     @property
     def groups(self) -> int:
         return self.bits // self.group_bits
+
+    def rate_index(self, bits: int | None) -> int | None:
+        """Index of rate ``bits`` in ``rates`` (None: a fixed-rate prior at its full rate)."""
+        if self.rates is None:
+            if bits is not None and bits != self.bits:
+                raise ValueError(f"this prior codes {self.bits}-bit tokens only, not {bits}")
+            return None
+        bits = self.bits if bits is None else bits
+        if bits not in self.rates:
+            raise ValueError(f"this prior codes the rates {self.rates}, not {bits} bits per token")
+        return self.rates.index(bits)
+
+    def at_rate(self, bits: int) -> "PriorConfig":
+        """The fixed-rate shape of this prior at rate ``bits``: ``bits``-bit tokens, their groups."""
+        return PriorConfig(**{**self.__dict__, "bits": bits, "rates": None})
 
 
 # ---- tiles and schedules ---------------------------------------------------------------------------
@@ -189,6 +214,8 @@ class TokenPrior(
         self.row_emb = nn.Embedding(c.tile[0], D)
         self.col_emb = nn.Embedding(c.tile[1], D)
         self.start = nn.Parameter(torch.zeros(D))  # ar: input of the first position; parallel: [MASK]
+        if c.rates is not None:
+            self.rate_emb = nn.Embedding(len(c.rates), D)
         if c.video:
             self.prev_conv = nn.Conv2d(D, D, 3, padding=1)
             self.no_prev = nn.Parameter(torch.zeros(D))
@@ -201,27 +228,41 @@ class TokenPrior(
     def _init(self):
         init_gpt(self, self.blocks, self.config.layers, extra=(self.start,))
 
+    def config_dict(self) -> dict:
+        """config.json (and the weights hash): ``rates`` appears only for nested priors, so the
+        files and ids of fixed-rate priors are what they were before nested rates existed."""
+        d = super().config_dict()
+        if d.get("rates") is None:
+            d.pop("rates", None)
+        return d
+
     # ---- shared pieces --------------------------------------------------------------------------
-    def embed_tokens(self, tokens: Tensor) -> Tensor:
-        """int64 tokens (...) -> (..., D): the sum of the group embeddings."""
+    def embed_tokens(self, tokens: Tensor, bits: int | None = None) -> Tensor:
+        """int64 tokens (...) -> (..., D): the sum of the group embeddings. ``bits``: the rate
+        of ``bits``-bit tokens (nested priors): only their ``bits / g`` groups are embedded."""
         c = self.config
-        g = split_groups(tokens, c.bits, c.group_bits)
+        L = c.bits if bits is None else bits
+        g = split_groups(tokens, L, c.group_bits)
         out = self.tok_emb[0](g[..., 0])
-        for k in range(1, c.groups):
+        for k in range(1, L // c.group_bits):
             out = out + self.tok_emb[k](g[..., k])
         return out
 
-    def positions(self, rows: Tensor, cols: Tensor) -> Tensor:
-        return self.row_emb(rows) + self.col_emb(cols)
+    def positions(self, rows: Tensor, cols: Tensor, bits: int | None = None) -> Tensor:
+        """Position embeddings, plus the rate vector of a nested prior at rate ``bits``."""
+        out = self.row_emb(rows) + self.col_emb(cols)
+        r = self.config.rate_index(bits)
+        return out if r is None else out + self.rate_emb.weight[r]
 
-    def grid_positions(self, h: int, w: int) -> Tensor:
+    def grid_positions(self, h: int, w: int, bits: int | None = None) -> Tensor:
         """(h*w, D) position embeddings of an h x w tile in raster order."""
         dev = self.row_emb.weight.device
         r = torch.arange(h, device=dev).repeat_interleave(w)
         c = torch.arange(w, device=dev).repeat(h)
-        return self.positions(r, c)
+        return self.positions(r, c, bits)
 
-    def condition(self, prev: Tensor | None, valid: Tensor | None, batch: int, h: int, w: int) -> Tensor | None:
+    def condition(self, prev: Tensor | None, valid: Tensor | None, batch: int, h: int, w: int,
+                  bits: int | None = None) -> Tensor | None:
         """Video conditioning (B, h*w, D) from the previous frame's tile tokens (B, h, w), or None.
 
         ``valid`` (B, h, w) bool marks real positions of padded tiles: padding embeds to zero, which
@@ -233,7 +274,7 @@ class TokenPrior(
         D = self.config.width
         if prev is None:
             return self.no_prev.view(1, 1, D).expand(batch, h * w, D)
-        e = self.embed_tokens(prev)  # (B, h, w, D)
+        e = self.embed_tokens(prev, bits)  # (B, h, w, D)
         if valid is not None:
             e = e * valid.unsqueeze(-1).to(e.dtype)
         cond = self.prev_conv(e.permute(0, 3, 1, 2))  # (B, D, h, w)
@@ -243,17 +284,20 @@ class TokenPrior(
         """Logits (..., 2^g) of group ``k`` from features ``h`` (..., D) and groups (..., k)."""
         return self.heads[k](h, prev_groups)
 
-    def all_group_logits(self, h: Tensor, tokens: Tensor) -> list[Tensor]:
-        """Teacher-forced logits of every group (training)."""
+    def all_group_logits(self, h: Tensor, tokens: Tensor, bits: int | None = None) -> list[Tensor]:
+        """Teacher-forced logits of every group of ``bits``-bit tokens (training)."""
         c = self.config
-        g = split_groups(tokens, c.bits, c.group_bits)
-        return [self.heads[k](h, g[..., :k] if k else None) for k in range(c.groups)]
+        L = c.bits if bits is None else bits
+        g = split_groups(tokens, L, c.group_bits)
+        return [self.heads[k](h, g[..., :k] if k else None) for k in range(L // c.group_bits)]
 
     # ---- training forward -----------------------------------------------------------------------
-    def forward(self, tokens: Tensor, prev: Tensor | None = None, pass_index: int | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, prev: Tensor | None = None, pass_index: int | None = None,
+                bits: int | None = None) -> Tensor:
         """Teacher-forced negative log2-likelihood (bits) of the positions a coder would code.
 
         ``tokens``: full tiles (B, h, w); ``prev``: previous-frame tokens (B, h, w) or None.
+        ``bits``: the rate of a nested prior (tokens and prev are then ``bits``-bit values).
         ``ar``: every position, causal over the raster order -> (B, h*w).
         ``parallel``: the positions of pass ``pass_index`` of the schedule, given the tokens of
         the earlier passes -> (B, M) (see :meth:`parallel_features`).
@@ -261,10 +305,11 @@ class TokenPrior(
         B, h, w = tokens.shape
         c = self.config
         flat = tokens.reshape(B, h * w)
-        cond = self.condition(prev, None, B, h, w)
+        c.rate_index(bits)  # checks the rate
+        cond = self.condition(prev, None, B, h, w, bits)
         if c.kind == "ar":
-            emb = self.embed_tokens(flat[:, :-1])
-            x = torch.cat([self.start.view(1, 1, -1).expand(B, 1, -1), emb], 1) + self.grid_positions(h, w).unsqueeze(0)
+            emb = self.embed_tokens(flat[:, :-1], bits)
+            x = torch.cat([self.start.view(1, 1, -1).expand(B, 1, -1), emb], 1) + self.grid_positions(h, w, bits).unsqueeze(0)
             if cond is not None:
                 x = x + cond
             for blk in self.blocks:
@@ -278,11 +323,12 @@ class TokenPrior(
             rows, cols = seq // w, seq % w
             vis = (pm[seq] < pass_index).unsqueeze(0).expand(B, -1)
             cond_s = cond[:, seq] if cond is not None else None
-            feats = self.parallel_features(flat[:, seq], rows.expand(B, -1), cols.expand(B, -1), vis, None, cond_s)
+            feats = self.parallel_features(flat[:, seq], rows.expand(B, -1), cols.expand(B, -1), vis, None, cond_s,
+                                           bits)
             tgt = pm[seq] == pass_index
             feats, targets = feats[:, tgt], flat[:, seq[tgt]]
-        logits = self.all_group_logits(feats, targets)
-        g = split_groups(targets, c.bits, c.group_bits)
+        logits = self.all_group_logits(feats, targets, bits)
+        g = split_groups(targets, c.bits if bits is None else bits, c.group_bits)
         nll = sum(F.cross_entropy(lg.reshape(-1, lg.shape[-1]), g[..., k].reshape(-1), reduction="none")
                   for k, lg in enumerate(logits))
         return nll.view(B, -1) / math.log(2)
@@ -332,7 +378,7 @@ class TokenPrior(
 
     # ---- one pass (parallel) ----------------------------------------------------------------------
     def parallel_features(self, tokens: Tensor, rows: Tensor, cols: Tensor, visible: Tensor,
-                          valid: Tensor | None, cond: Tensor | None) -> Tensor:
+                          valid: Tensor | None, cond: Tensor | None, bits: int | None = None) -> Tensor:
         """Features (B, n, D) of a pass: a bidirectional transformer over the sequence of the
         positions decoded so far (``visible``: their tokens are embedded) and the positions of the
         current pass (``visible`` False: the mask vector). All inputs are (B, n) except ``cond``
@@ -341,8 +387,8 @@ class TokenPrior(
         costs in proportion to the tokens decoded so far (about 2 full passes in all for the
         quadtree schedule).
         """
-        emb = self.embed_tokens(tokens)
-        x = torch.where(visible.unsqueeze(-1), emb, self.start.view(1, 1, -1)) + self.positions(rows, cols)
+        emb = self.embed_tokens(tokens, bits)
+        x = torch.where(visible.unsqueeze(-1), emb, self.start.view(1, 1, -1)) + self.positions(rows, cols, bits)
         if cond is not None:
             x = x + cond
         mask = None

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from ..config import ConfigError, from_dict, load_yaml, parse_overrides, set_by_path, to_dict
 from ..data.images import find_images
 from ..io import InputError, atomic_path, from_uint8, is_video_path, iter_video_frames, to_rgb
-from ..models import BSQViT
+from ..models import Tokenizer, load_tokenizer
 from ..models.frames import encode_frames
 from ..quantizers.base import index_bits
 from ..train import checkpoint as ckpt
@@ -233,35 +233,45 @@ def split_val(n: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---- the loss ------------------------------------------------------------------------------------------
-def prior_loss(prior: TokenPrior, tokens: torch.Tensor, prev: torch.Tensor | None, step: int) -> torch.Tensor:
-    """Estimated coded bits per token of a batch of tiles (see the module docstring)."""
+def at_rate(tokens: torch.Tensor | None, full_bits: int, bits: int | None) -> torch.Tensor | None:
+    """Full-width tokens -> their first ``bits`` bits (a nested prior's input at that rate)."""
+    return tokens if tokens is None or bits is None else tokens >> (full_bits - bits)
+
+
+def prior_loss(prior: TokenPrior, tokens: torch.Tensor, prev: torch.Tensor | None, step: int,
+               bits: int | None = None) -> torch.Tensor:
+    """Estimated coded bits per token of a batch of tiles (see the module docstring); ``bits``:
+    the rate of a nested prior (the tokens are then ``bits``-bit values)."""
     c = prior.config
     N = tokens.shape[1] * tokens.shape[2]
     if c.kind == "ar":
-        return prior(tokens, prev).mean()
+        return prior(tokens, prev, bits=bits).mean()
     S = c.passes
     passes = [(b + step) % S for b in range(tokens.shape[0])]
     total, present = 0.0, 0
     for s in sorted(set(passes)):
         idx = torch.tensor([b for b, q in enumerate(passes) if q == s])
-        nll = prior(tokens[idx], prev[idx] if prev is not None else None, pass_index=s)
+        nll = prior(tokens[idx], prev[idx] if prev is not None else None, pass_index=s, bits=bits)
         total = total + nll.sum(1).mean()
         present += 1
     return total * (S / present) / N
 
 
 @torch.no_grad()
-def expected_bits(prior: TokenPrior, tokens: torch.Tensor, prev: torch.Tensor | None, batch: int = 32) -> float:
-    """Exact expected code length (bits per token) of the tiles under the fixed schedule."""
+def expected_bits(prior: TokenPrior, tokens: torch.Tensor, prev: torch.Tensor | None, batch: int = 32,
+                  bits: int | None = None) -> float:
+    """Exact expected code length (bits per token) of the full-width tiles under the fixed
+    schedule, at rate ``bits`` of a nested prior (None: the full rate)."""
     c = prior.config
+    tokens, prev = at_rate(tokens, c.bits, bits), at_rate(prev, c.bits, bits)
     total, n = 0.0, 0
     for i in range(0, tokens.shape[0], batch):
         t = tokens[i : i + batch]
         pv = prev[i : i + batch] if prev is not None else None
         if c.kind == "ar":
-            total += float(prior(t, pv).sum())
+            total += float(prior(t, pv, bits=bits).sum())
         else:
-            total += sum(float(prior(t, pv, pass_index=s).sum()) for s in range(c.passes))
+            total += sum(float(prior(t, pv, pass_index=s, bits=bits).sum()) for s in range(c.passes))
         n += t.numel()
     return total / max(n, 1)
 
@@ -308,16 +318,19 @@ class PriorTrainer(SingleModelLoop):
         gen = step_generator(cfg.seed, self.step)
         tr_i, tr_p = self.tr_i, self.tr_p
         use_video = len(tr_p) > 0 and (len(tr_i) == 0 or float(torch.rand((), generator=gen)) < cfg.data.video_fraction)
+        rates = self.model.config.rates  # nested priors: a rate per batch, uniform over the rates
+        bits = None if rates is None else rates[int(torch.randint(0, len(rates), (), generator=gen))]
+        L = self.model.config.bits
         if use_video:
             sel = tr_p[torch.randint(0, len(tr_p), (cfg.batch_size,), generator=gen).numpy()]
-            w = torch.from_numpy(_windows(self.pairs, sel, tile, gen))
-            return w[:, 1], w[:, 0], True
+            w = at_rate(torch.from_numpy(_windows(self.pairs, sel, tile, gen)), L, bits)
+            return w[:, 1], w[:, 0], True, bits
         sel = tr_i[torch.randint(0, len(tr_i), (cfg.batch_size,), generator=gen).numpy()]
-        return torch.from_numpy(_windows(self.images, sel, tile, gen)), None, False
+        return at_rate(torch.from_numpy(_windows(self.images, sel, tile, gen)), L, bits), None, False, bits
 
     def train_step(self, batch) -> dict:
-        tokens, prev, video = batch
-        loss = prior_loss(self.model, tokens, prev, self.step)
+        tokens, prev, video, bits = batch
+        loss = prior_loss(self.model, tokens, prev, self.step, bits)
         grad_norm = self.optimizer_step(loss)
         return {"bits_per_token": loss.item(), "grad_norm": grad_norm, "video": video}
 
@@ -334,19 +347,36 @@ class PriorTrainer(SingleModelLoop):
         """Expected code length of the validation tiles; exports ``OUTPUT_DIR/prior``."""
         self.model.eval()
         res = {f"val_{name}_bits_per_token": expected_bits(self.model, t, pv) for name, t, pv in self.val_sets}
-        self.model.train()
         if res:
             res["val_bits_per_token"] = float(np.mean(list(res.values())))
+        for r in (self.model.config.rates or [])[:-1]:  # nested priors: the other rates, on every val set
+            res[f"val_bits_per_token@{r}"] = float(np.mean([expected_bits(self.model, t, pv, bits=r)
+                                                            for _, t, pv in self.val_sets]))
+        self.model.train()
         rec = {"step": self.step, "raw_bits": self.raw_bits, **res}
         self.log_eval(rec, res)
         ckpt.export_model(self.model, self.out / "prior")
         return rec
 
 
-def _prior_config(cfg: PriorTrainConfig, model: BSQViT) -> PriorConfig:
-    """``cfg.prior`` completed with the tokenizer's bits and hash; checks the crop against the tile."""
+def _prior_rates(cfg: PriorTrainConfig, model: Tokenizer) -> list[int] | None:
+    """The rates a prior for ``model`` codes: ``prior.rates`` if given (each a level of the model),
+    else the model's nested levels that are whole groups; None for a fixed-rate tokenizer."""
+    levels = list(getattr(model, "nested_bits", None) or [])
+    g = cfg.prior.group_bits
+    if cfg.prior.rates is not None:
+        bad = [r for r in cfg.prior.rates if r not in levels and r != index_bits(model.quantizer.codebook_size)]
+        if bad:
+            raise ConfigError(f"prior.rates {bad} are not levels of the tokenizer ({levels or 'fixed rate'})")
+        return list(cfg.prior.rates)
+    rates = [r for r in levels if r % g == 0]
+    return rates or None
+
+
+def _prior_config(cfg: PriorTrainConfig, model: Tokenizer) -> PriorConfig:
+    """``cfg.prior`` completed with the tokenizer's bits, rates and hash; checks the crop against the tile."""
     pc = from_dict(PriorConfig, {**to_dict(cfg.prior), "bits": index_bits(model.quantizer.codebook_size),
-                                 "tokenizer_hash": model.weights_hash()})
+                                 "rates": _prior_rates(cfg, model), "tokenizer_hash": model.weights_hash()})
     g = cfg.data.crop // model.patch_size
     if g < max(pc.tile):
         raise ConfigError(f"data.crop {cfg.data.crop} gives {g}x{g} tokens, smaller than the tile {pc.tile}")
@@ -358,7 +388,7 @@ def train_prior(cfg: PriorTrainConfig, tokenizer_dir, output_dir, resume: bool =
     out = Path(output_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model = BSQViT.from_pretrained(str(tokenizer_dir)).eval()
+    model = load_tokenizer(str(tokenizer_dir)).eval()
     pc = _prior_config(cfg, model)
     out.mkdir(parents=True, exist_ok=True)
     toks = extract_tokens(model, cfg, out / "tokens", progress=progress)

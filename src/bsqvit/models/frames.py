@@ -20,18 +20,23 @@ def video_chunk(model) -> int:
     return max(1, int(model.config.num_frames))
 
 
-def encode_frames(model, x, amp: bool = False):
-    """(3, t, H, W) in [-1, 1] -> indices (t, h, w). Image models code frame by frame (as a batch)."""
+def _bits(bits: int | None) -> dict:
+    return {} if bits is None else {"bits": bits}
+
+
+def encode_frames(model, x, amp: bool = False, bits: int | None = None):
+    """(3, t, H, W) in [-1, 1] -> indices (t, h, w). Image models code frame by frame (as a batch).
+    ``bits``: the rate of a nested-bits model (full-width indices, dropped bits 0)."""
     if model.config.num_frames == 1:
-        return model.encode(x.movedim(1, 0), amp=amp)  # (t, h, w)
-    return model.encode(x[None], amp=amp)[0]
+        return model.encode(x.movedim(1, 0), amp=amp, **_bits(bits))  # (t, h, w)
+    return model.encode(x[None], amp=amp, **_bits(bits))[0]
 
 
-def decode_frames(model, idx, size: tuple[int, int], amp: bool = False):
+def decode_frames(model, idx, size: tuple[int, int], amp: bool = False, bits: int | None = None):
     """Indices (t, h, w) -> (3, t, H, W) in [-1, 1]; exact inverse path of :func:`encode_frames`."""
     if model.config.num_frames == 1:
-        return model.decode(idx, size=size, amp=amp).movedim(0, 1)
-    return model.decode(idx[None], size=size, amp=amp)[0]
+        return model.decode(idx, size=size, amp=amp, **_bits(bits)).movedim(0, 1)
+    return model.decode(idx[None], size=size, amp=amp, **_bits(bits))[0]
 
 
 def stream_encode_frames(model, frames: Iterable, window: int | None = None, amp: bool = False) -> Iterator:
