@@ -145,6 +145,8 @@ class ImageDecoder(nn.Module):
 # ---- export ------------------------------------------------------------------------------------------
 def check_exportable(model) -> None:
     """Refuse models this export does not cover (a :class:`ValueError` saying why)."""
+    if getattr(model.config, "arch", "vit") != "vit":
+        raise InputError(f"ONNX export covers the ViT tokenizer; this model is arch {model.config.arch!r}")
     if model.config.num_frames != 1:
         raise InputError(f"ONNX export covers image tokenizers; this model is a video tokenizer "
                          f"(num_frames={model.config.num_frames})")

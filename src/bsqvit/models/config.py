@@ -1,11 +1,19 @@
-"""The architecture of a BSQ-ViT tokenizer as a typed config (what ``config.json`` holds)."""
+"""The architecture of a tokenizer as a typed config (what ``config.json`` holds).
+
+One config class for both tokenizers: ``arch: vit`` (:class:`~bsqvit.models.BSQViT`, the default,
+so config files written before ``arch`` existed load as before) and ``arch: cnn``
+(:class:`~bsqvit.models.BSQCNN`, fields ``cnn_*``). Fields of the other architecture are ignored.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
+from ..config import ConfigError, to_dict
 from ..quantizers import QuantizerConfig
 from .transformer import MASK_TYPES
+
+ARCHS = ("vit", "cnn")
 
 
 @dataclass
@@ -33,6 +41,12 @@ class BSQViTConfig:
     mask_block_size: int = 1  # frames per causal block
     pad_mode: str = "replicate"  # how inputs are padded to a multiple of the patch size
     grad_checkpointing: bool = False
+    # ---- arch: vit (BSQViT) | cnn (BSQCNN); the cnn_* fields are read by cnn only -------------
+    arch: str = "vit"
+    cnn_channels: int = 128  # channels of the first stage
+    cnn_channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 4])  # per stage; 2x down between stages
+    cnn_res_blocks: int = 2  # ResBlocks per stage (and in the middle)
+    cnn_norm_groups: int = 32  # GroupNorm groups (gcd with the channels when they do not divide)
 
     def __post_init__(self):
         if isinstance(self.image_size, int):
@@ -48,6 +62,26 @@ class BSQViTConfig:
             raise ValueError(f"pad_mode must be replicate, reflect or constant, got {self.pad_mode!r}")
         if self.num_frames < 1:
             raise ValueError("num_frames must be >= 1")
+        if self.arch not in ARCHS:
+            raise ConfigError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.arch == "cnn":
+            self._check_cnn()
+        elif any(getattr(self, k) != v for k, v in CNN_DEFAULTS.items()):
+            changed = sorted(k for k, v in CNN_DEFAULTS.items() if getattr(self, k) != v)
+            raise ConfigError(f"{', '.join(changed)}: cnn_* fields need arch: cnn (this config is arch vit)")
+
+    def _check_cnn(self) -> None:
+        mult = self.cnn_channel_mult
+        if not mult or any(m < 1 for m in mult):
+            raise ConfigError(f"cnn_channel_mult must be a non-empty list of ints >= 1, got {mult}")
+        if self.cnn_channels < 1 or self.cnn_res_blocks < 1 or self.cnn_norm_groups < 1:
+            raise ConfigError("cnn_channels, cnn_res_blocks and cnn_norm_groups must be >= 1")
+        if self.patch_size != 2 ** (len(mult) - 1):
+            raise ConfigError(f"arch cnn: patch_size {self.patch_size} must equal the downsampling "
+                              f"2**(len(cnn_channel_mult)-1) = {2 ** (len(mult) - 1)} (cnn_channel_mult {mult})")
+        if self.num_frames != 1:
+            raise ConfigError(f"arch cnn: num_frames must be 1 (2-D convolutions; videos are coded frame by frame), "
+                              f"got {self.num_frames}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -56,3 +90,24 @@ class BSQViTConfig:
     @property
     def dec_width(self) -> int:
         return self.decoder_width or self.width
+
+
+CNN_DEFAULTS = {f.name: f.default_factory() if callable(f.default_factory) else f.default
+                for f in fields(BSQViTConfig) if f.name.startswith("cnn_")}
+# fields that do not change what a CNN's weights compute
+VIT_ONLY = ("width", "layers", "heads", "mlp_ratio", "decoder_width", "decoder_layers", "decoder_heads",
+            "head_dim", "mask_type", "mask_block_size", "grad_checkpointing")
+
+
+def config_dict(cfg: BSQViTConfig) -> dict:
+    """``cfg`` as saved in ``config.json`` and hashed by ``weights_hash``, without the fields
+    added after models were shipped while they hold their defaults: ``arch`` and ``cnn_*`` of an
+    arch vit config, ``quantizer.nested_bits`` when null. A model that does not use them is
+    described byte for byte as before they existed: its weights hash (which the embedded prior,
+    generator and .bsq files record) is unchanged, and older versions still read its config."""
+    d = to_dict(cfg)
+    if cfg.arch == "vit":
+        d = {k: v for k, v in d.items() if k != "arch" and k not in CNN_DEFAULTS}
+    if d["quantizer"].get("nested_bits", 0) is None:
+        d["quantizer"] = {k: v for k, v in d["quantizer"].items() if k != "nested_bits"}
+    return d

@@ -1,4 +1,4 @@
-"""Named architectures: the paper's ViT-B configs and small ones that train on a CPU."""
+"""Named architectures: the paper's ViT-B configs, small ones that train on a CPU, and the CNN family."""
 
 from __future__ import annotations
 
@@ -30,6 +30,15 @@ PRESETS: dict[str, dict] = {
     ),
     # Λ24-SQ: the small preset with the fixed 196,560-code spherical Leech codebook (17.58 bits)
     "small-leech": dict(image_size=[64, 64], patch_size=8, width=256, layers=4, heads=4, quantizer=dict(type="leech", dim=24)),
+    # convolutional (BSQCNN, docs/CNN.md): MAGVIT-v2-style ResNet encoder/decoder
+    "cnn-small": dict(
+        arch="cnn", image_size=[64, 64], patch_size=8, cnn_channels=32, cnn_channel_mult=[1, 1, 2, 4],
+        cnn_res_blocks=1, quantizer=dict(type="bsq", dim=18, group_size=1),
+    ),
+    "cnn-b-256-l18": dict(
+        arch="cnn", image_size=[256, 256], patch_size=8, cnn_channels=128, cnn_channel_mult=[1, 2, 2, 4],
+        cnn_res_blocks=2, quantizer=dict(type="bsq", dim=18, group_size=1),
+    ),
     "base-cpu": dict(image_size=[128, 128], patch_size=8, width=384, layers=6, heads=6, quantizer=dict(type="bsq", dim=18, group_size=1)),
 }
 

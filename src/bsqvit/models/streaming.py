@@ -54,6 +54,9 @@ class NotStreamableError(ValueError):
 def check_streamable(model) -> None:
     """Raise :class:`NotStreamableError` unless ``model`` can be streamed block by block."""
     cfg = model.config
+    if getattr(cfg, "arch", "vit") != "vit":
+        raise NotStreamableError(f"cannot stream an arch {cfg.arch!r} tokenizer: streaming is ViT-only (a key/value "
+                                 "cache); it codes videos frame by frame with encode/decode")
     if cfg.mask_type == "block-causal" or (cfg.num_frames == 1 and cfg.mask_type in ("none", "full", None)):
         return
     if cfg.mask_type == "causal":

@@ -125,7 +125,11 @@ class PretrainedModule(nn.Module, PyTorchModelHubMixin, library_name="bsqvit"):
     def __init__(self, config: Any = None, **overrides):
         super().__init__()
         self.config = resolve_config(self.config_class, config, **overrides)
-        self._hub_mixin_config = to_dict(self.config)  # what save_pretrained writes as config.json
+        self._hub_mixin_config = self.config_dict()  # what save_pretrained writes as config.json
+
+    def config_dict(self) -> dict:
+        """The config as ``config.json`` holds it (and as ``weights_hash`` reads it)."""
+        return to_dict(self.config)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *, map_location="cpu", strict: bool = True,
@@ -144,7 +148,7 @@ class PretrainedModule(nn.Module, PyTorchModelHubMixin, library_name="bsqvit"):
         Computed once and cached against the parameters' versions, so it is recomputed after
         any update. Config fields named in ``_HASH_IGNORED`` do not count.
         """
-        config = {k: v for k, v in to_dict(self.config).items() if k not in self._HASH_IGNORED}
+        config = {k: v for k, v in self.config_dict().items() if k not in self._HASH_IGNORED}
         return weights_hash(self, config)
 
     def num_parameters(self) -> int:
@@ -163,7 +167,7 @@ class PretrainedModule(nn.Module, PyTorchModelHubMixin, library_name="bsqvit"):
                  "```", "", "| | |", "|---|---|", f"| weights hash (SHA-256 of config and tensors) | `{self.weights_hash()}` |",
                  f"| parameters | {self.num_parameters():,} |"]
         lines += [f"| {k} | {v} |" for k, v in (metrics or {}).items()]
-        lines += ["", "## Config", "", "```json", json.dumps(to_dict(self.config), indent=2, sort_keys=True), "```"]
+        lines += ["", "## Config", "", "```json", json.dumps(self.config_dict(), indent=2, sort_keys=True), "```"]
         if recipe:
             lines += ["", "## Training recipe", "", "```yaml", recipe.strip(), "```"]
         data = self._hub_mixin_info.model_card_data
