@@ -197,3 +197,31 @@ def test_the_independent_numpy_decoder_reads_nested_files(nested, kind, tmp_path
         res = compress(x, model, priors[kind], bits=L)
         _, tokens = nd.decode_file(res.data, tmp_path / "p")
         assert np.array_equal(tokens[0], (model.encode(x[None], bits=L)[0] >> (18 - L)).numpy())
+
+
+def test_rd_draws_a_curve_from_one_nested_model(tmp_path):
+    """`bsqvit rd` codes a nested model at each of its rates: one point per rate, a BD-rate from
+    the bjontegaard package once a curve has >= 4 points."""
+    from bsqvit.evaluation.rd import run_rd
+    from bsqvit.io import save_image
+
+    torch.manual_seed(2)
+    levels = [6, 9, 12, 15, 18]
+    model = BSQViT.from_preset("tiny", quantizer=dict(type="bsq", dim=18, group_size=9, nested_bits=levels)).eval()
+    prior = TokenPrior(PriorConfig(kind="ar", bits=18, group_bits=3, rates=levels, width=16, layers=1, heads=2,
+                                   tile=[4, 4])).eval()
+    model.save_pretrained(tmp_path / "m")
+    prior.save_pretrained(tmp_path / "p")
+    (tmp_path / "data").mkdir()
+    for i in range(2):
+        save_image(torch.rand(3, 32, 48) * 2 - 1, tmp_path / "data" / f"{i}.png")
+    rep = run_rd(str(tmp_path / "data"), [str(tmp_path / "m")], [str(tmp_path / "p")], codecs=["jpeg"], lpips=False,
+                 rates=[6, 9, 12, 18])
+    ours = [p for p in rep["points"] if p["codec"] == "bsq-ar"]
+    raw = [p for p in rep["points"] if p["codec"] == "bsq-raw"]
+    assert len(ours) == len(raw) == 4 and all(p["exact_round_trip"] for p in ours)
+    assert [p["setting"] for p in raw] == [f"m@{b}" for b in (6, 9, 12, 18)]
+    assert [p["ideal_bits_per_token"] for p in raw] == [6, 9, 12, 18]  # raw fields of L' bits
+    assert all(a["bpp"] < b["bpp"] for a, b in zip(raw, raw[1:]))
+    bd = rep["bd_rate"]["bsq-ar[p]"]["jpeg"]
+    assert bd["method"].startswith("bjontegaard")

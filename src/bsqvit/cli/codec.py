@@ -241,14 +241,29 @@ def add_rd(sub) -> None:
     p.add_argument("--no-lpips", action="store_true", help="skip the LPIPS stand-in")
     p.add_argument("--threads", type=int, default=None, metavar="N")
     add_device_arg(p)
+    p.add_argument("--bits", default=None, metavar="L1,L2,...",
+                   help="rates of nested-bits models to code, one point each (default: all of their levels)")
     p.add_argument("--json", default=None, metavar="OUT.json")
     p.add_argument("--markdown", default=None, metavar="OUT.md")
     p.add_argument("--plot", default=None, metavar="OUT.png")
     p.set_defaults(func=cmd_rd)
 
 
+def _int_list(flag: str, text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1 or max(values) > 63:
+        raise InputError(f"{flag} takes bits per token in 1..63, got {text!r}")
+    return values
+
+
 def cmd_rd(args) -> int:
     check_range("--limit", args.limit, 1 << 30)
+    rates = _int_list("--bits", args.bits)
     setup_torch(args)
     for path in (args.json, args.markdown, args.plot):
         if path:
@@ -263,7 +278,7 @@ def cmd_rd(args) -> int:
     report = run_rd(args.data, models=models, priors=priors, video=args.video, limit=args.limit,
                     max_frames=args.max_frames, codecs=args.codecs.split(",") if args.codecs else None,
                     lpips=not args.no_lpips, json_out=args.json, md_out=args.markdown, plot_out=args.plot,
-                    device=args.device, progress=True)
+                    device=args.device, progress=True, rates=rates)
     print(report["markdown"])
     return 0
 

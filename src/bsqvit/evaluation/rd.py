@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..codec.api import CodecOptions, base_header, decode_tokens, decompress, encode_tokens, summarize, token_bits, tokenize
+from ..codec.api import (CodecOptions, base_header, decode_tokens, decompress, encode_tokens, summarize, to_file_tokens,
+                         token_bits, tokenize)
 from ..codec.container import FORMAT_LIMITS
 from ..codec.prior import TokenPrior
 from ..data.images import find_images
@@ -144,23 +145,42 @@ def _code_with_prior(prior, tokens: np.ndarray, header) -> dict:
     return {"blob": blob, "info": info, "t_encode": t1 - t0, "t_decode": t2 - t1, "exact": bool(np.array_equal(back, tokens))}
 
 
-def _our_points(per: dict, name: str, ref: np.ndarray, x: torch.Tensor, fps: float, mname: str, model,
-                priors: list[tuple], video: bool, metrics: Metrics) -> None:
-    """One model on one item: raw tokens and every prior of its bit depth -> ``per[label]``.
+def _rates_of(model, rates: list[int] | None) -> list[int | None]:
+    """The rates to code ``model`` at: the requested ones it has (all of its nested levels by
+    default), or [None] (all bits) for a fixed-rate model."""
+    levels = list(getattr(model, "nested_bits", None) or [])
+    if not levels:
+        return [None]
+    return [r for r in levels if rates is None or r in rates] or [levels[-1]]
 
-    The tokenizer runs once per model; every coder codes the same tokens (same pixels), so a
-    prior's point takes the raw point's distortion and pixel-decoding time."""
-    t0 = time.perf_counter()
-    tokens = tokenize(model, x)
-    t_tok = time.perf_counter() - t0
+
+def _our_points(per: dict, name: str, ref: np.ndarray, x: torch.Tensor, fps: float, mname: str, model,
+                priors: list[tuple], video: bool, metrics: Metrics, rates: list[int] | None = None) -> None:
+    """One model on one item: raw tokens and every prior of its bit depth -> ``per[label]``, at
+    every rate of a nested-bits model (one curve from one model).
+
+    The tokenizer runs once per model and rate; every coder codes the same tokens (same pixels),
+    so a prior's point takes the raw point's distortion and pixel-decoding time."""
+    for bits in _rates_of(model, rates):
+        t0 = time.perf_counter()
+        tokens = tokenize(model, x, bits=bits)
+        t_tok = time.perf_counter() - t0
+        label = mname if bits is None else f"{mname}@{bits}"
+        _code_rate(per, name, ref, fps, label, model, priors, video, metrics, tokens, bits, t_tok)
+
+
+def _code_rate(per: dict, name: str, ref: np.ndarray, fps: float, mname: str, model, priors: list[tuple],
+               video: bool, metrics: Metrics, tokens: np.ndarray, bits: int | None, t_tok: float) -> None:
     media = "video" if video else "image"
     H, W = ref.shape[-3:-1]
     T = ref.shape[0] if video else 1
+    L = token_bits(model) if bits is None else bits
+    tokens = to_file_tokens(tokens, model, L)
     raw = None
     for pname, prior in [(None, None), *priors]:
-        if prior is not None and prior.config.bits != token_bits(model):
+        if prior is not None and (prior.config.bits != token_bits(model) or L not in (prior.config.rates or [L])):
             continue
-        header = base_header(model, media, H, W, T, fps or 25.0, prior, CodecOptions())
+        header = base_header(model, media, H, W, T, fps or 25.0, prior, CodecOptions(), bits=bits)
         if prior is None:
             raw = c = _code_raw(model, tokens, header, ref, metrics)
             t_decompress = c["t_decode"]
@@ -171,7 +191,7 @@ def _our_points(per: dict, name: str, ref: np.ndarray, x: torch.Tensor, fps: flo
         codec = "bsq-raw" if prior is None else f"bsq-{prior.config.kind}"
         label = f"bsq-raw[{mname}]" if prior is None else f"{codec}[{mname}+{pname}]"
         per.setdefault(label, []).append({
-            "item": name, "codec": codec, "model": mname, "prior": pname,
+            "item": name, "codec": codec, "model": mname, "prior": pname, "bits": L,
             "setting": mname if prior is None else f"{mname}+{pname}", "bpp": st["bpp"],
             "bits_per_token": st["bits_per_token"], "ideal_bits_per_token": st["ideal_bits_per_token"],
             "coder_overhead": st["coder_overhead"], "seconds_compress": t_tok + c["t_encode"],
@@ -220,7 +240,8 @@ def _bd_rates(points: list[dict]) -> dict:
 
 # ---- the run -----------------------------------------------------------------------------------------------
 def _measure(data: str, models: list[tuple], priors: list[tuple], video: bool, limit: int | None, max_frames: int,
-             codecs: list[str], metrics: Metrics, progress: bool = False) -> tuple[dict[str, list[dict]], list[str]]:
+             codecs: list[str], metrics: Metrics, progress: bool = False,
+             rates: list[int] | None = None) -> tuple[dict[str, list[dict]], list[str]]:
     """(series label -> per-item points, item names) of every baseline and model on every item."""
     per: dict[str, list[dict]] = {}
     items = []
@@ -232,7 +253,7 @@ def _measure(data: str, models: list[tuple], priors: list[tuple], video: bool, l
             _baseline_points(per, name, ref, fps, codecs, video, metrics, Path(td))
             x = from_uint8(ref)
             for mname, model in models:
-                _our_points(per, name, ref, x, fps, mname, model, priors, video, metrics)
+                _our_points(per, name, ref, x, fps, mname, model, priors, video, metrics, rates)
             bar.update()
     return per, items
 
@@ -240,15 +261,18 @@ def _measure(data: str, models: list[tuple], priors: list[tuple], video: bool, l
 def run_rd(data: str, models: list[str], priors: list[str], video: bool = False, limit: int | None = None,
            max_frames: int = 16, codecs: list[str] | None = None, lpips: bool = True, json_out=None, md_out=None,
            plot_out=None, progress: bool = False, extra: dict[str, list[dict]] | None = None,
-           device: str = "cpu") -> dict:
+           device: str = "cpu", rates: list[int] | None = None) -> dict:
     """The report (see the module docstring). ``extra``: per-item points of our codec measured
-    elsewhere (label -> list of dicts as the ones built here), added as series of their own."""
+    elsewhere (label -> list of dicts as the ones built here), added as series of their own.
+    ``rates``: the rates (bits kept per token) at which nested-bits models are coded (default:
+    all of their levels), each a point of the model's curve."""
     available = _choose_codecs(video, codecs)
     metrics = Metrics(lpips)
     loaded_models = [(Path(m).name or str(m), BSQViT.from_pretrained(m).to(device).eval()) for m in models]
     loaded_priors = [(_prior_name(p), TokenPrior.from_pretrained(p).eval()) for p in priors]
     t_start = time.time()
-    per, items = _measure(data, loaded_models, loaded_priors, video, limit, max_frames, available, metrics, progress)
+    per, items = _measure(data, loaded_models, loaded_priors, video, limit, max_frames, available, metrics, progress,
+                          rates)
     for label, lst in (extra or {}).items():
         per[label] = list(lst)
     points = _mean_points(per)
