@@ -176,6 +176,9 @@ def test_compress_cli_takes_bits(nested, tmp_path, capsys):
         assert rc == 0
     assert (tmp_path / "o6.bsq").stat().st_size < (tmp_path / "o18.bsq").stat().st_size
     assert main(["decompress", str(tmp_path / "o6.bsq"), str(tmp_path / "o6.png"), "--model", str(mdir)]) == 0
+    assert main(["reconstruct", str(tmp_path / "in.png"), str(tmp_path / "r6.png"), "--model", str(mdir), "--bits", "6"]) == 0
+    from PIL import Image
+    assert np.array_equal(np.array(Image.open(tmp_path / "o6.png")), np.array(Image.open(tmp_path / "r6.png")))
     capsys.readouterr()
     rc = main(["compress", str(tmp_path / "in.png"), str(tmp_path / "bad.bsq"), "--model", str(mdir),
                "--prior", "none", "--bits", "7"])

@@ -25,7 +25,7 @@ from ..io import (
 )
 from ..io.tokens import load_tokens, save_tokens
 from ..metrics.pixel import psnr_from_sse
-from ..models import BSQViT, get_preset, preset_names
+from ..models import build_tokenizer, get_preset, preset_names
 from ..quantizers.base import bits_per_token
 from ..quantizers.leech import CODEBOOK_SIZE as LEECH_CODEBOOK_SIZE
 from ..models.frames import chunks, decode_frames, encode_frames, video_chunk
@@ -67,6 +67,8 @@ def add_reconstruct(sub) -> None:
                         "key/value cache (same tokens as without; memory of one clip, latency of one block)")
     p.add_argument("--stream-window", type=int, default=None, metavar="W",
                    help="with --stream: attend to the last W blocks without clip restarts (docs/STREAMING.md)")
+    p.add_argument("--bits", type=int, default=None, metavar="L'",
+                   help="nested-bits models: keep the first L' bits of every token (one of the model's levels)")
     p.set_defaults(func=cmd_reconstruct)
 
 
@@ -77,12 +79,19 @@ def cmd_reconstruct(args) -> int:
     setup_torch(args)
     model = resolve_model(args.model, args.device)
     bits = float(model.bits_per_token)
+    if args.bits is not None:
+        if args.stream:
+            raise InputError("--bits does not combine with --stream")
+        try:
+            bits = float(model.check_bits(args.bits))
+        except ValueError as e:
+            raise InputError(str(e)) from None
     t0 = time.perf_counter()
     if not video:
         x = load_image(inp, max_pixels=args.max_pixels)
         H, W = x.shape[-2:]
-        idx = model.encode(x[None].to(model.device), amp=args.amp)
-        rec = model.decode(idx, size=(H, W), amp=args.amp)[0]
+        idx = encode_frames(model, x[:, None].to(model.device), amp=args.amp, bits=args.bits)
+        rec = decode_frames(model, idx, (H, W), amp=args.amp, bits=args.bits)[:, 0]
         rec8 = to_uint8(rec).astype(np.float64)
         ref = ((x.double().clamp(-1, 1) + 1) * 127.5).movedim(0, -1).numpy()
         sse, count = float(((rec8 - ref) ** 2).sum()), rec8.size
@@ -110,8 +119,8 @@ def cmd_reconstruct(args) -> int:
 def _chunk_pairs(model, frame_iter, n: int, size, args):
     """(original uint8 frames, their indices, reconstruction uint8) per clip of ``n`` frames."""
     for frames in chunks(frame_iter, n):
-        idx = encode_frames(model, from_uint8(frames).to(model.device), amp=args.amp)
-        yield frames, idx, to_uint8(decode_frames(model, idx, size, amp=args.amp))
+        idx = encode_frames(model, from_uint8(frames).to(model.device), amp=args.amp, bits=args.bits)
+        yield frames, idx, to_uint8(decode_frames(model, idx, size, amp=args.amp, bits=args.bits))
 
 
 def _stream_pairs(model, frame_iter, size, args):
@@ -239,13 +248,13 @@ def add_presets(sub) -> None:
 
 
 def cmd_presets(args) -> int:
-    print(f"{'name':<22} {'params':>12}  {'image':>9}  patch  frames  quantizer")
+    print(f"{'name':<22} {'arch':<4} {'params':>12}  {'image':>9}  patch  frames  quantizer")
     for name in preset_names():
         cfg = get_preset(name)
         with torch.device("meta"):  # count parameters without allocating or initialising them
-            n = BSQViT(cfg).num_parameters()
+            n = build_tokenizer(cfg).num_parameters()
         q = cfg.quantizer
-        print(f"{name:<22} {n:>12,}  {cfg.image_size[0]:>4}x{cfg.image_size[1]:<4}  {cfg.patch_size:>5}  "
+        print(f"{name:<22} {cfg.arch:<4} {n:>12,}  {cfg.image_size[0]:>4}x{cfg.image_size[1]:<4}  {cfg.patch_size:>5}  "
               f"{cfg.num_frames:>6}  {q.type} " + (f"dim {q.dim}, {bits_per_token(LEECH_CODEBOOK_SIZE):.2f} bits" if q.type == "leech" else f"L={q.dim}"))
     return 0
 
@@ -266,7 +275,7 @@ def cmd_init_model(args) -> int:
         raise InputError(f"{out}: exists and is not an empty directory; refusing to overwrite")
     cfg = get_preset(args.preset)  # KeyError for unknown names
     torch.manual_seed(args.seed)
-    model = BSQViT(cfg)
+    model = build_tokenizer(cfg)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
     print(f"{out}: preset {args.preset}, {model.num_parameters():,} parameters, seed {args.seed}")
