@@ -32,7 +32,7 @@ from ..data.images import find_images
 from ..io import VIDEO_SUFFIXES, InputError, from_uint8, iter_video_frames, load_image, to_uint8, video_info
 from ..metrics.lpips import build_lpips
 from ..metrics.pixel import ms_ssim, ms_ssim_db, psnr
-from ..models import BSQViT
+from ..models import load_tokenizer
 from .baselines import IMAGE_SWEEPS, VIDEO_SWEEPS, encode_image, encode_video, pillow_codecs, video_codecs
 from .bdrate import bd_rate
 from .rd_report import markdown, write_outputs
@@ -268,7 +268,7 @@ def run_rd(data: str, models: list[str], priors: list[str], video: bool = False,
     all of their levels), each a point of the model's curve."""
     available = _choose_codecs(video, codecs)
     metrics = Metrics(lpips)
-    loaded_models = [(Path(m).name or str(m), BSQViT.from_pretrained(m).to(device).eval()) for m in models]
+    loaded_models = [(Path(m).name or str(m), load_tokenizer(m).to(device).eval()) for m in models]
     loaded_priors = [(_prior_name(p), TokenPrior.from_pretrained(p).eval()) for p in priors]
     t_start = time.time()
     per, items = _measure(data, loaded_models, loaded_priors, video, limit, max_frames, available, metrics, progress,
