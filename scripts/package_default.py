@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bsqvit import BSQViT
+from bsqvit.models import load_tokenizer
 from bsqvit.codec import TokenPrior
 from bsqvit.generate.model import MaskedTokenModel
 from bsqvit.pretrained import ROOT, pack_component, round_to_half, write_manifest
@@ -29,9 +29,9 @@ def main() -> int:
     ap.add_argument("--prior", required=True)
     ap.add_argument("--gen", required=True)
     ap.add_argument("--out", default=str(ROOT))
-    ap.add_argument("--max-mb", type=float, default=25.0)
+    ap.add_argument("--max-mb", type=float, default=40.0)
     a = ap.parse_args()
-    tok = BSQViT.from_pretrained(a.tokenizer)
+    tok = load_tokenizer(a.tokenizer)
     h = tok.weights_hash()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

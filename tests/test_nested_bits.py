@@ -228,3 +228,33 @@ def test_rd_draws_a_curve_from_one_nested_model(tmp_path):
     assert all(a["bpp"] < b["bpp"] for a, b in zip(raw, raw[1:]))
     bd = rep["bd_rate"]["bsq-ar[p]"]["jpeg"]
     assert bd["method"].startswith("bjontegaard")
+
+
+def test_train_prior_learns_every_rate_of_a_nested_tokenizer(nested, tmp_path):
+    """train-prior takes the rates from the tokenizer's levels, draws one per batch, reports the
+    validation bits at each rate, and the trained prior codes every rate exactly."""
+    import json
+
+    from bsqvit.io import save_image
+
+    model, _, _ = nested
+    model.save_pretrained(tmp_path / "m")
+    (tmp_path / "imgs").mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(4):
+        save_image(torch.rand(3, 48, 48, generator=g) * 2 - 1, tmp_path / "imgs" / f"{i}.png")
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("prior: {kind: ar, group_bits: 6, width: 16, layers: 1, heads: 2, tile: [4, 4]}\n"
+                   f"data: {{train: [{tmp_path / 'imgs'}], crop: 32, crops_per_image: 2, val_fraction: 0.25}}\n"
+                   "batch_size: 4\nsteps: 4\nlog_every: 2\neval_every: 4\ncheckpoint_every: 4\nthreads: 1\n")
+    assert main(["train-prior", str(cfg), "--tokenizer", str(tmp_path / "m"), "--output-dir", str(tmp_path / "r"),
+                 "--no-progress"]) == 0
+    prior = TokenPrior.from_pretrained(tmp_path / "r" / "prior")
+    assert prior.config.rates == LEVELS and prior.config.group_bits == 6
+    ev = json.loads((tmp_path / "r" / "eval.jsonl").read_text().splitlines()[-1])
+    per_rate = [ev["val_bits_per_token@6"], ev["val_bits_per_token@12"], ev["val_bits_per_token"]]
+    assert per_rate == sorted(per_rate) and per_rate[0] < 6.5  # about 6 bits of 6 at first
+    x = torch.rand(3, 24, 40, generator=g) * 2 - 1
+    for L in LEVELS:
+        res = compress(x, model, prior, bits=L)
+        assert torch.equal(decompress(res.data, model, prior), decompress(compress(x, model, None, bits=L).data, model))
