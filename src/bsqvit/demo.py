@@ -35,7 +35,7 @@ from .generate.model import MaskedTokenModel
 from .generate.train import generate_images
 from .io import InputError, atomic_path, load_image, to_uint8
 from .io.grid import captioned_tile
-from .models import BSQViT
+from .models import load_tokenizer
 from .pretrained import default_dir, default_model_dir, sample_images
 
 
@@ -51,7 +51,7 @@ def run_demo(data: str | None, out: str | Path, limit: int | None = None, codecs
     for d in (out, out / "bsq", out / "decoded"):
         d.mkdir(parents=True, exist_ok=True)
     t_all = time.time()
-    model = BSQViT.from_pretrained(str(default_model_dir())).to(device).eval()
+    model = load_tokenizer(str(default_model_dir())).to(device).eval()
     prior = default_prior(model)
     if prior is None:
         raise InputError("no embedded prior matching the embedded tokenizer is installed")

@@ -25,7 +25,7 @@ from ..extras import MissingDependency
 from ..generate.model import MaskedTokenModel
 from ..io import InputError, VideoWriter, is_video_path, one_line
 from ..io.image import MAX_PIXELS
-from ..models import BSQViT
+from ..models import load_tokenizer
 from ..models.io import ModelLoadError
 
 PROG = "bsqvit"
@@ -168,7 +168,7 @@ def resolve_model(path_or_none: str | os.PathLike | None, device: str = "cpu"):
     ``None`` is the embedded default (:mod:`bsqvit.pretrained`). Moved to ``device``."""
     if path_or_none is None:
         path_or_none = default_model_dir()
-    model = BSQViT.from_pretrained(str(path_or_none))
+    model = load_tokenizer(str(path_or_none))
     return model.to(device).eval()
 
 

@@ -14,7 +14,7 @@ from ..evaluation.protocol import FID_CHOICES, LPIPS_CHOICES, RESIZE_CHOICES, Ev
 from ..evaluation.results import format_markdown, write_json
 from ..evaluation.tokenizer import compute_reference_stats, evaluate
 from ..io import InputError, atomic_path
-from ..models import BSQViT
+from ..models import build_tokenizer, get_preset
 from .common import add_device_arg, add_model_args, check_output, model_files, resolve_model, setup_torch
 
 
@@ -140,7 +140,7 @@ def cmd_bench(args) -> int:
     setup_torch(args)
     if args.preset:
         torch.manual_seed(0)
-        model, name = BSQViT.from_preset(args.preset), f"preset {args.preset} (random weights)"
+        model, name = build_tokenizer(get_preset(args.preset)), f"preset {args.preset} (random weights)"
     else:
         model, name = resolve_model(args.model, args.device), str(args.model)
     r = bench(model, resolution=args.resolution, batch=args.batch, dtype=args.dtype, frames=args.frames,

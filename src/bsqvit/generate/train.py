@@ -37,7 +37,7 @@ from ..data.images import find_images
 from ..io import atomic_path, to_uint8
 from ..io.grid import tile
 from ..metrics.generation import GenEvaluator, load_folder
-from ..models import BSQViT
+from ..models import load_tokenizer
 from ..train import checkpoint as ckpt
 from ..train.loop import SingleModelLoop, step_generator
 from .data import class_names, class_of, discover_classes, extract_gen_tokens
@@ -341,7 +341,7 @@ def train_gen(cfg: GenTrainConfig, tokenizer_dir, output_dir, resume: bool = Fal
     out = Path(output_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    tokenizer = BSQViT.from_pretrained(str(tokenizer_dir)).eval()
+    tokenizer = load_tokenizer(str(tokenizer_dir)).eval()
     tokens, labels, classes, meta = _training_tokens(cfg, tokenizer, out, progress)
     gc = _gen_config(cfg, tokens, classes, meta["bits"], tokenizer)
     torch.manual_seed(cfg.seed)

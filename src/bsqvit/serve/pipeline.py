@@ -30,7 +30,7 @@ from ..generate.model import MaskedTokenModel
 from ..generate.train import generate_images
 from ..io import InputError, from_uint8, load_image, to_rgb, to_uint8
 from ..metrics.pixel import ms_ssim, psnr
-from ..models import BSQViT
+from ..models import Tokenizer, load_tokenizer
 from ..pretrained import default_dir, default_model_dir
 from ..quantizers.base import indices_to_bits
 
@@ -57,7 +57,7 @@ QUALITY = {"jpeg": (1, 100), "webp": (0, 100)}  # Pillow's quality ranges
 
 @dataclass
 class Models:
-    tokenizer: BSQViT
+    tokenizer: Tokenizer
     prior: object | None  # TokenPrior, or None: raw 18-bit fields (no prior for this tokenizer)
     gen: MaskedTokenModel | None  # None: no generator ships for this tokenizer
 
@@ -78,7 +78,7 @@ class Result:
 def load_models(model_dir: str | None = None, device: str = "cpu") -> Models:
     """The tokenizer (``None``: the embedded default), the embedded prior and generator when they
     were trained for it (by weights hash); cached per process."""
-    tok = BSQViT.from_pretrained(str(model_dir or default_model_dir())).to(device).eval()
+    tok = load_tokenizer(str(model_dir or default_model_dir())).to(device).eval()
     gen = None
     gdir = default_dir("gen")
     if gdir is not None:

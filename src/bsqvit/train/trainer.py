@@ -39,7 +39,7 @@ from ..config import to_dict
 from ..data import DataPosition, build_dataloader, count_skipped, infinite_batches
 from ..metrics.lpips import build_perceptual
 from ..metrics.pixel import psnr, ssim
-from ..models.bsqvit import BSQViT
+from ..models import Tokenizer, build_tokenizer
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .discriminator import build_discriminator
@@ -118,7 +118,7 @@ class Trainer(TrainLoop):
     def _build_models(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.model = adapt_init(cfg.init_from, cfg.model) if cfg.init_from else BSQViT(cfg.model)
+        self.model = adapt_init(cfg.init_from, cfg.model) if cfg.init_from else build_tokenizer(cfg.model)
         self.model.to(self.device).train()
         self.ema = make_ema(self.model) if cfg.optim.ema_decay > 0 else None
         self.perceptual = self._build_perceptual()
@@ -166,7 +166,7 @@ class Trainer(TrainLoop):
     def _fsdp(self) -> bool:
         return self.cfg.strategy == "fsdp" and self.dist.enabled
 
-    def _wrap(self, model: BSQViT) -> torch.nn.Module:
+    def _wrap(self, model: Tokenizer) -> torch.nn.Module:
         if not self.dist.enabled:
             return model
         if self._fsdp:
