@@ -1,8 +1,8 @@
 """Compress and decompress images and videos into ``.bsq`` files: on tokens, tensors and files.
 
->>> from bsqvit import BSQViT
+>>> from bsqvit import load_tokenizer
 >>> from bsqvit.codec import TokenPrior, compress, decompress
->>> model = BSQViT.from_pretrained("runs/cpu-small/model")
+>>> model = load_tokenizer("runs/cpu-small/model")                 # BSQViT or BSQCNN (config arch)
 >>> prior = TokenPrior.from_pretrained("runs/prior-ar/prior")      # or None: raw L-bit fields
 >>> res = compress(x, model, prior)                                 # x: (3,H,W) or (3,T,H,W) in [-1, 1]
 >>> res.data, res.stats["bpp"]
