@@ -231,3 +231,52 @@ def test_cli_train_a_few_steps(tmp_path):
     assert main(["train", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "run"), "--no-progress"]) == 0
     m = BSQViT.from_pretrained(tmp_path / "run" / "model")
     assert m.quantizer.codebook_size == N_CODES
+
+
+# ---- reference checkpoints: their index order -------------------------------------------------------------
+def test_index_map_recovers_any_order_and_scale():
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(N_CODES, generator=g)
+    theirs = L.leech_codebook(torch.float64)[perm] * 2.5  # another order, another scale
+    assert torch.equal(L.index_map(theirs), perm)
+    bad = theirs.clone()
+    bad[7] = bad[8]
+    with pytest.raises(ValueError, match="repeat"):
+        L.index_map(bad)
+    bad[7] = torch.randn(24, dtype=torch.float64, generator=g)
+    with pytest.raises(ValueError, match="row 7 is not a Leech minimal vector"):
+        L.index_map(bad)
+    with pytest.raises(ValueError, match="196560"):
+        L.index_map(theirs[:10])
+
+
+def test_official_lambda24_checkpoint_maps_its_order_both_ways(tmp_path):
+    """A VITVQModel checkpoint with a frozen, permuted Λ24 embedding loads as a leech tokenizer
+    whose tokens convert to and from the checkpoint's own indices (same codes)."""
+    from bsqvit.models.official import config_from_reference, to_reference_state_dict
+
+    ref = {"model": {"target": "transcoder.models.bsqvit.VITVQModel", "params": {
+        "embed_dim": 24, "n_embed": N_CODES,
+        "vitconfig": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "heads": 2, "mlp_ratio": 4.0},
+        "dvitconfig": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "heads": 2, "mlp_ratio": 4.0,
+                       "dim_ffn_output": 64}}}}
+    torch.manual_seed(0)
+    live = BSQViT(config_from_reference(ref, leech=True)).eval()
+    perm = torch.randperm(N_CODES, generator=torch.Generator().manual_seed(1))
+    sd = {f"module.{k}": v for k, v in to_reference_state_dict(live.state_dict()).items()}
+    sd["module.quantize.embedding.weight"] = L.leech_codebook()[perm]
+    torch.save({"state_dict": sd}, tmp_path / "ck.pt")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(ref))
+    m = BSQViT.from_official(tmp_path / "ck.pt", tmp_path / "c.yaml")
+    x = torch.rand(1, 3, 16, 24) * 2 - 1
+    ours = m.encode(x)
+    assert torch.equal(ours, live.encode(x))
+    theirs = m.quantizer.to_reference_indices(ours)
+    assert torch.equal(perm[theirs], ours)  # their row `theirs` is our code `ours`
+    assert torch.equal(m.quantizer.from_reference_indices(theirs), ours)
+    with pytest.raises(ValueError, match="no reference index order"):
+        live.quantizer.to_reference_indices(ours)
+    sd["module.quantize.embedding.weight"] = torch.randn(512, 24)
+    torch.save({"state_dict": sd}, tmp_path / "vq.pt")
+    with pytest.raises(Exception, match="learned VQ codebook"):
+        BSQViT.from_official(tmp_path / "vq.pt", tmp_path / "c.yaml")

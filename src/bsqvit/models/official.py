@@ -20,9 +20,12 @@ import torch
 import yaml
 
 from ..config import ConfigError, from_dict
+from ..quantizers.leech import CODEBOOK_SIZE
 from .config import BSQViTConfig
 from .io import ModelLoadError, load_state_dict_checked
 from .reference_pickle import load_reference_checkpoint
+
+LEECH_KEY = "quantize.embedding.weight"  # a VITVQModel's frozen codebook
 
 # (reference pattern, ours); applied to keys without the DDP prefix
 _RULES = [
@@ -86,15 +89,16 @@ def _as_plain(obj):
     return obj
 
 
-def config_from_reference(ref: dict) -> BSQViTConfig:
-    """Map a reference config (whole file, or ``model.params``) to a :class:`BSQViTConfig`."""
+def config_from_reference(ref: dict, leech: bool = False) -> BSQViTConfig:
+    """Map a reference config (whole file, or ``model.params``) to a :class:`BSQViTConfig`.
+    ``leech``: the checkpoint is a ``VITVQModel`` whose frozen codebook is the Λ24 one."""
     ref = _as_plain(ref)
     params = ref.get("model", {}).get("params", ref) if isinstance(ref, dict) else None
     if not isinstance(params, dict) or "vitconfig" not in params:
         raise ConfigError("reference config has no model.params.vitconfig")
     target = ref.get("model", {}).get("target", "") if isinstance(ref, dict) else ""
-    if target and not target.endswith("VITBSQModel"):
-        raise ConfigError(f"unsupported reference model {target!r} (only VITBSQModel)")
+    if target and not target.endswith("VITBSQModel") and not (leech and target.endswith("VITVQModel")):
+        raise ConfigError(f"unsupported reference model {target!r} (VITBSQModel, or VITVQModel with the Λ24 codebook)")
     # Our models take inputs in [-1, 1]: the reference's training script uses that range when
     # data.zero_mean is true (every released config); a [0, 1] model would load but be wrong.
     zero_mean = ref.get("data", {}).get("zero_mean", True) if isinstance(ref, dict) else True
@@ -122,7 +126,7 @@ def config_from_reference(ref: dict) -> BSQViTConfig:
         head_dim=int(dec.get("dim_ffn_output", 3072)),
         mask_type=str(enc.get("mask_type") or "none").lower(),
         mask_block_size=_mask_block_frames(int(enc.get("mask_block_size", -1)), (size[0] // p) * (size[1] // p)),
-        quantizer=_quantizer_config(params),
+        quantizer=dict(type="leech", dim=24) if leech else _quantizer_config(params),
     )
     return from_dict(BSQViTConfig, cfg)
 
@@ -211,9 +215,19 @@ def load_official(cls, checkpoint_path, config_path=None, use_ema: bool = True):
         ref_cfg = ckpt["config"]
     else:
         raise ModelLoadError(f"{checkpoint_path} holds no config; pass config_path (configs/tokenizer/*.yaml)")
-    config = config_from_reference(ref_cfg)
     state, which = extract_state_dict(ckpt, use_ema=use_ema)
+    codebook = state.pop(LEECH_KEY, None)
+    leech = codebook is not None and tuple(codebook.shape) == (CODEBOOK_SIZE, 24)
+    if codebook is not None and not leech:
+        raise ModelLoadError(f"{checkpoint_path}: a learned VQ codebook {tuple(codebook.shape)} is not supported "
+                             f"(only the frozen Λ24 codebook, ({CODEBOOK_SIZE}, 24))")
+    config = config_from_reference(ref_cfg, leech=leech)
     model = cls(config)
     load_state_dict_checked(model, convert_reference_state_dict(state), strict=True, source=f"{checkpoint_path}[{which}]")
+    if leech:  # the checkpoint's own index order, so tokens convert both ways
+        try:
+            model.quantizer.set_reference_order(codebook)
+        except ValueError as e:
+            raise ModelLoadError(f"{checkpoint_path}: {e}") from None
     model.eval()
     return model

@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -258,6 +259,37 @@ def nearest_bruteforce(z: Tensor, chunk_size: int = 256, dtype: torch.dtype = to
 
 
 # ---- the quantizer ---------------------------------------------------------------------------
+def index_map(codebook: Tensor) -> Tensor:
+    """Our index of every row of a Λ24 codebook given in another order and scale (e.g. the frozen
+    ``embedding.weight`` of a reference checkpoint): ``ours = index_map(theirs_codebook)[theirs]``.
+
+    Each row, normalised and scaled to squared norm 32, must round to an integer minimal vector
+    (within 1e-4 per coordinate); rows are then matched exactly against :func:`lattice_vectors`
+    (a sort of 2 x 196,560 integer rows). A row that is not a minimal vector, or two rows with
+    the same code, raise ``ValueError``: the map is a bijection or nothing.
+    """
+    if tuple(codebook.shape) != (CODEBOOK_SIZE, DIM):
+        raise ValueError(f"a Λ24 codebook is ({CODEBOOK_SIZE}, {DIM}), got {tuple(codebook.shape)}")
+    x = F.normalize(codebook.detach().to("cpu", torch.float64), dim=-1) * math.sqrt(SQUARED_NORM)
+    theirs = torch.round(x)
+    off = (x - theirs).abs().amax(-1)
+    bad = torch.nonzero((off > 1e-4) | ((theirs**2).sum(-1) != SQUARED_NORM))
+    if len(bad):
+        raise ValueError(f"codebook row {int(bad[0])} is not a Leech minimal vector")
+    ours = _lattice_vectors_cpu().numpy().astype(np.int8)
+    rows = np.concatenate([ours, theirs.numpy().astype(np.int8)])
+    _, inverse = np.unique(rows, axis=0, return_inverse=True)  # equal rows -> equal ids
+    inverse = inverse.reshape(-1)
+    our_of_id = np.full(inverse.max() + 1, -1, np.int64)
+    our_of_id[inverse[:CODEBOOK_SIZE]] = np.arange(CODEBOOK_SIZE)
+    mapped = our_of_id[inverse[CODEBOOK_SIZE:]]
+    if (mapped < 0).any():
+        raise ValueError(f"codebook row {int(np.nonzero(mapped < 0)[0][0])} is not a Leech minimal vector")
+    if len(np.unique(mapped)) != CODEBOOK_SIZE:
+        raise ValueError("codebook rows repeat a Leech minimal vector: not the 196,560-vector codebook")
+    return torch.from_numpy(mapped)
+
+
 class LeechQuantizer(Quantizer):
     """Λ24-SQ: l2-normalise, snap to the nearest normalised Leech minimal vector (exact search),
     straight-through gradient. The codebook is fixed: no parameters, no buffers.
@@ -277,10 +309,36 @@ class LeechQuantizer(Quantizer):
         self.codebook_size = CODEBOOK_SIZE
         self.commitment_weight = commitment_weight
         self.chunk_size = chunk_size
+        # another implementation's index order (set when loading its checkpoint): not saved
+        self.register_buffer("reference_map", None, persistent=False)
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """int64 indices (...) -> unit-norm codes (..., 24)."""
         return index_to_vector(indices)
+
+    def set_reference_order(self, codebook: Tensor) -> None:
+        """Remember another implementation's index order from its codebook (rows in its order),
+        for :meth:`from_reference_indices` / :meth:`to_reference_indices`."""
+        self.reference_map = index_map(codebook).to(self._device())
+
+    def _device(self) -> torch.device:
+        return self.reference_map.device if self.reference_map is not None else torch.device("cpu")
+
+    def _map(self) -> Tensor:
+        if self.reference_map is None:
+            raise ValueError("no reference index order: load the model with from_official (a Λ24 checkpoint)")
+        return self.reference_map
+
+    def from_reference_indices(self, indices: Tensor) -> Tensor:
+        """The reference's token indices -> ours (same codes)."""
+        return self._map().to(indices.device)[indices]
+
+    def to_reference_indices(self, indices: Tensor) -> Tensor:
+        """Our token indices -> the reference's (same codes)."""
+        m = self._map()
+        inverse = torch.empty_like(m)
+        inverse[m] = torch.arange(len(m), device=m.device)
+        return inverse.to(indices.device)[indices]
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         if z.shape[-1] != self.dim:
@@ -315,6 +373,7 @@ __all__ = [
     "SHAPE_SIZES",
     "LeechQuantizer",
     "index_to_lattice",
+    "index_map",
     "index_to_vector",
     "join_index",
     "lattice_vectors",
