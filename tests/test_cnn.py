@@ -15,8 +15,9 @@ from bsqvit.cli import main
 from bsqvit.config import ConfigError
 from bsqvit.models.streaming import NotStreamableError
 
-DEFAULT = Path(__file__).resolve().parents[1] / "src" / "bsqvit" / "assets" / "default" / "tokenizer"
-DEFAULT_HASH = "8f6a301234efc3a4d39ffea94e59e89ca3eeddcb931d9346d343661a6b2d53fe"
+# a ViT saved before arch / cnn_* / nested_bits existed, with its hash pinned by the golden codec files
+DEFAULT = Path(__file__).resolve().parent / "data" / "codec" / "tokenizer"
+DEFAULT_HASH = json.loads((DEFAULT.parent / "golden.json").read_text())["tokenizer_hash"]
 # a small CNN: 3 stages (downsampling 4), 8 channels
 TINY = dict(arch="cnn", image_size=[16, 16], patch_size=4, cnn_channels=8, cnn_channel_mult=[1, 2, 2],
             cnn_res_blocks=1, cnn_norm_groups=4, quantizer=dict(type="bsq", dim=10, group_size=5))
