@@ -4,6 +4,7 @@ MS-SSIM against bpp), and the JSON / Markdown / PNG files."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from ..extras import require
@@ -36,18 +37,19 @@ def markdown(report: dict) -> str:
 
 
 def _plot_panel(ax, points: list[dict], key: str, ylabel: str) -> None:
-    """One panel: ``key`` against bpp, a line per baseline codec and a star series per our setting."""
+    """One panel: ``key`` against bpp, a line per baseline codec and per curve of ours (the rates
+    ``@L'`` of one nested-bits model and coder join one curve), stars for our points."""
     series: dict[str, list[dict]] = {}
     for p in points:
-        name = p["codec"] if not p["codec"].startswith("bsq-") else p["label"]
+        name = p["codec"] if not p["codec"].startswith("bsq-") else re.sub(r"@\d+", "", p["label"])
         series.setdefault(name, []).append(p)
     for name, pts in sorted(series.items()):
         pts = sorted((q for q in pts if q.get(key) is not None), key=lambda q: q["bpp"])
         if not pts:
             continue
         ours = name.startswith("bsq-")
-        ax.plot([q["bpp"] for q in pts], [q[key] for q in pts], "*" if ours else ".-", markersize=12 if ours else 5,
-                label=name)
+        style = (".-" if not ours else "*-" if len(pts) > 1 else "*")
+        ax.plot([q["bpp"] for q in pts], [q[key] for q in pts], style, markersize=12 if ours else 5, label=name)
     ax.set_xlabel("bpp")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
