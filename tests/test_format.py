@@ -85,7 +85,7 @@ def test_numpy_decoder_needs_no_torch():
                 imports |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom):
                 imports.add(node.module.split(".")[0])
-    assert imports <= {"__future__", "decimal", "functools", "hashlib", "json", "math", "struct", "zlib", "pathlib",
+    assert imports <= {"__future__", "copy", "decimal", "functools", "hashlib", "json", "math", "struct", "zlib", "pathlib",
                        "numpy", "safetensors", "constriction", "numpy_intprior"}, imports
     script = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import numpy_decoder as nd\n"
               f"for name, prior in [('image-ar', 'prior-ar'), ('video-par', 'prior-par')]:\n"

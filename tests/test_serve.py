@@ -114,11 +114,12 @@ def test_upload_gives_the_numbers_of_the_library(client, crop_file, expected):
         assert len(f) == j["numbers"][codec]["bytes"]
         assert len(f) <= bsq["bytes"] or not j["numbers"][codec]["fits"]
 
-    # bit-planes: 18 h x w images whose bits, MSB first, rebuild the tokenizer's indices
-    planes = [_pixels(base64.b64decode(p.split(",", 1)[1])) for p in j["planes"]]
-    assert len(planes) == 18 and all(p.shape == (SIDE // 8, SIDE // 8) for p in planes)
-    rebuilt = sum((torch.from_numpy(p // 255).long() << (17 - k)) for k, p in enumerate(planes))
+    # bit-planes: L h x w images whose bits, MSB first, rebuild the tokenizer's indices
     tok = load_models().tokenizer
+    L = tok.quantizer.dim
+    planes = [_pixels(base64.b64decode(p.split(",", 1)[1])) for p in j["planes"]]
+    assert len(planes) == L and all(p.shape == (SIDE // 8, SIDE // 8) for p in planes)
+    rebuilt = sum((torch.from_numpy(p // 255).long() << (L - 1 - k)) for k, p in enumerate(planes))
     with torch.no_grad():
         assert torch.equal(rebuilt, tok.encode(load_image(crop_file)[None])[0])
 
@@ -252,7 +253,7 @@ def test_in_chromium_the_page_shows_the_librarys_numbers(browser, server_url, cr
         assert float(text(f"#{codec}-bpp")) == pytest.approx(n["bpp"], abs=5e-5)
         assert float(text(f"#{codec}-psnr")) == pytest.approx(n["psnr"], abs=5e-3)
     assert text("#bsq-msssim") == "n/a (< 161 px)"
-    assert page.locator("#planes img").count() == 18
+    assert page.locator("#planes img").count() == load_models().tokenizer.quantizer.dim
     with page.expect_download() as dl:
         page.click("#bsq-download")
     saved = tmp_path / "got.bsq"

@@ -58,7 +58,7 @@ QUALITY = {"jpeg": (1, 100), "webp": (0, 100)}  # Pillow's quality ranges
 @dataclass
 class Models:
     tokenizer: Tokenizer
-    prior: object | None  # TokenPrior, or None: raw 18-bit fields (no prior for this tokenizer)
+    prior: object | None  # TokenPrior, or None: raw L-bit fields (no prior for this tokenizer)
     gen: MaskedTokenModel | None  # None: no generator ships for this tokenizer
 
 
