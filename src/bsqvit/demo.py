@@ -12,7 +12,7 @@
 Every phase says what it does; the rate-distortion sweep shows a progress bar.
 
 Outputs go to ``--out`` (created; existing files there are replaced atomically). There is no
-embedded video model (the 25 MB budget holds one tokenizer), so no clip is coded; the card says so.
+embedded video model yet (the 40 MB budget has room for one; not trained), so no clip is coded.
 """
 
 from __future__ import annotations
