@@ -16,6 +16,7 @@ the weights hash. A subclass sets ``arch`` (the config's ``arch`` it builds) and
 
 from __future__ import annotations
 
+import abc
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import ClassVar
@@ -43,7 +44,7 @@ class TokenizerOutput:
         return self.quant.loss
 
 
-class Tokenizer(PretrainedModule):
+class Tokenizer(PretrainedModule, abc.ABC):
     """Base of the tokenizers (see the module docstring). Build one from a config with
     :func:`bsqvit.models.build_tokenizer`, load one with :func:`bsqvit.models.load_tokenizer`."""
 
@@ -73,21 +74,26 @@ class Tokenizer(PretrainedModule):
         ignored = set(self._HASH_IGNORED) | (set(VIT_ONLY) if self.config.arch != "vit" else set())
         return weights_hash(self, {k: v for k, v in self.config_dict().items() if k not in ignored})
 
-    # ---- to be provided by the architecture ---------------------------------------------------
+    # ---- provided by the architecture (abstract: a subclass missing one fails when built) ---------
+    @abc.abstractmethod
     def encode_continuous(self, x: Tensor, amp: bool = False) -> tuple[Tensor, tuple[int, int, int]]:
-        raise NotImplementedError
+        """Pre-quantization features (B, T*h*w, L) and the token grid (T, h, w)."""
 
+    @abc.abstractmethod
     def decode_codes(self, zq: Tensor, thw: tuple[int, int, int], amp: bool = False) -> Tensor:
-        raise NotImplementedError
+        """Quantized vectors (B, T*h*w, L) -> pixels (B, 3, T, H, W), unclamped."""
 
+    @abc.abstractmethod
     def last_layer(self) -> Tensor:
-        raise NotImplementedError
+        """Weight of the decoder's last layer (for the adaptive GAN weight)."""
 
+    @abc.abstractmethod
     def code_weight(self) -> Tensor:
-        raise NotImplementedError
+        """Weight of the layer that reads the quantized codes."""
 
+    @abc.abstractmethod
     def flops(self, height: int, width: int, frames: int = 1) -> dict[str, float]:
-        raise NotImplementedError
+        """Forward FLOPs (2 x multiply-adds) of encode and decode for one item."""
 
     # ---- shapes -----------------------------------------------------------------------------
     @property

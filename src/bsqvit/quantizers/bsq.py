@@ -88,7 +88,7 @@ class _BinaryQuantizer(Quantizer):
         self.commitment_weight = commitment_weight
         self.entropy_weight = entropy_weight
         self.sync_stats = sync_stats
-        self.scale = 1.0 / math.sqrt(dim) if self.spherical else 1.0
+        self.scale = self._scale(dim)  # code entries +-scale: 1/sqrt(L) on the sphere (BSQ), 1 (LFQ)
         self.nested_bits = check_nested_bits(nested_bits, dim)
         if group_size > 1:
             # (2^g, g) sub-codes, most significant bit first, entries +-scale
