@@ -47,6 +47,14 @@ def runs(tmp_path_factory):
                            class_names=["cat", "dog"], image_size=[32, 32], tokenizer_hash=h)
     pretrained.round_to_half(gen)
     gen.save_pretrained(d / "gen")
+    torch.manual_seed(2)  # the video default: block-causal, 2-frame clips, and its previous-frame prior
+    vtok = BSQViT.from_preset("tiny", num_frames=2, mask_type="block-causal", mask_block_size=1)
+    pretrained.round_to_half(vtok)
+    vtok.save_pretrained(d / "video-tokenizer")
+    vprior = TokenPrior(kind="ar", bits=18, group_bits=9, width=32, layers=1, heads=2, tile=[8, 8], video=True,
+                        tokenizer_hash=vtok.weights_hash())
+    pretrained.round_to_half(vprior)
+    vprior.save_pretrained(d / "video-prior")
     return d
 
 
@@ -55,7 +63,8 @@ def embedded(runs, tmp_path, monkeypatch):
     root = tmp_path / "default"
     for c in pretrained.COMPONENTS:
         pretrained.pack_component(runs / c, root / c)
-    pretrained.write_manifest(root, {"note": "test"})
+    hashes = {c: BSQViT.from_pretrained(runs / c).weights_hash() for c in pretrained.TOKENIZERS}
+    pretrained.write_manifest(root, {"tokenizer_hash": hashes["tokenizer"], "tokenizer_hashes": hashes})
     monkeypatch.setattr(pretrained, "ROOT", root)
     monkeypatch.setattr(pretrained, "_verified", set())
     return root
@@ -127,6 +136,34 @@ def test_cli_defaults_to_embedded_models(embedded, runs, tmp_path, capsys):
     rc, _, err = run_cli(capsys, "generate", "--n", 1, "--class", "all", "--steps", 2, "--out", tmp_path / "g")
     assert rc == 0, err
     assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["a_00000.png", "b_00000.png", "grid.png"]
+
+
+def test_videos_default_to_the_video_tokenizer_and_its_prior(embedded, runs, tmp_path, capsys):
+    """A video input takes the embedded video tokenizer and its previous-frame prior; a file or a
+    token file finds the embedded tokenizer it was made with; images keep the image default."""
+    from bsqvit.io import from_uint8, iter_video_frames, write_video_lossless
+
+    vtok = BSQViT.from_pretrained(runs / "video-tokenizer")
+    clip = tmp_path / "clip.mp4"
+    frames = np.random.default_rng(1).integers(0, 256, (3, 24, 32, 3), dtype=np.uint8)
+    write_video_lossless(from_uint8(frames), clip, fps=10)
+    rc, _, err = run_cli(capsys, "compress", clip, tmp_path / "v.bsq")
+    assert rc == 0, err
+    head = json.loads(run_cli(capsys, "info", tmp_path / "v.bsq")[1])
+    assert head["coder"] == "ar" and head["video_cond"] and vtok.weights_hash().startswith(head["tokenizer_id"])
+    assert TokenPrior.from_pretrained(runs / "video-prior").weights_hash().startswith(head["prior_id"])
+    rc, _, err = run_cli(capsys, "decompress", tmp_path / "v.bsq", tmp_path / "v.mp4", "--lossless")
+    assert rc == 0, err
+    rc, _, err = run_cli(capsys, "reconstruct", clip, tmp_path / "r.mp4", "--lossless")
+    assert rc == 0, err
+    rc, _, err = run_cli(capsys, "tokenize", clip, tmp_path / "t.npz")
+    assert rc == 0, err
+    rc, _, err = run_cli(capsys, "detokenize", tmp_path / "t.npz", tmp_path / "d.mp4", "--lossless")
+    assert rc == 0, err  # the token file's hash picks the video tokenizer
+    dec, rec, det = (np.stack(list(iter_video_frames(tmp_path / f))) for f in ("v.mp4", "r.mp4", "d.mp4"))
+    assert dec.shape == (3, 24, 32, 3) and np.array_equal(dec, rec) and np.array_equal(dec, det)
+    assert pretrained.default_pair(video=False) == (embedded / "tokenizer", embedded / "prior")
+    assert pretrained.default_pair(video=True) == (embedded / "video-tokenizer", embedded / "video-prior")
 
 
 def test_demo_end_to_end_on_the_shipped_samples(embedded, tmp_path, capsys, monkeypatch):

@@ -197,3 +197,21 @@ def test_bad_windows_and_inputs_are_refused():
         enc.push(rand(1, 3, H, W))
     with pytest.raises(ValueError, match="larger than the token grid"):
         StreamingDecoder(model, size=(64, 64)).push(torch.zeros(1, 1, 2, 2, dtype=torch.long))
+
+
+def test_stream_at_a_nested_rate_equals_the_clip_path():
+    """A nested-bits video model streams at every rate: the tokens and pixels of encode/decode(bits=L')."""
+    torch.manual_seed(0)
+    model = BSQViT.from_preset("tiny", num_frames=4, mask_type="block-causal", mask_block_size=1,
+                               quantizer=dict(type="bsq", dim=8, group_size=1, nested_bits=[4, 8])).eval()
+    x = rand(1, 3, 6, H, W)
+    for bits in (4, 8):
+        chunked = torch.cat([model.encode(x[:, :, s : s + 4], bits=bits) for s in range(0, 6, 4)], 1)
+        assert torch.equal(chunked & ((1 << (8 - bits)) - 1), torch.zeros_like(chunked))  # dropped bits clear
+        streamed = torch.cat(list(model.encode_stream(pieces(x, [1, 2, 3]), bits=bits)), 1)
+        assert torch.equal(streamed, chunked)
+        ref = torch.cat([model.decode(chunked[:, s : s + 4], size=(H, W), bits=bits) for s in range(0, 6, 4)], 2)
+        sdec = torch.cat(list(model.decode_stream(pieces(chunked, [2, 4], dim=1), size=(H, W), bits=bits)), 2)
+        torch.testing.assert_close(sdec, ref, rtol=0, atol=PIXEL_ATOL[torch.float32])
+    with pytest.raises(ValueError, match="trained levels"):
+        StreamingEncoder(model, bits=5)

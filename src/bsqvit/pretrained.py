@@ -9,7 +9,13 @@ trained, so the tokenizer's ``weights_hash()`` is the one its prior and generato
 * ``prior`` -- the autoregressive token prior for compression
   (:class:`~bsqvit.codec.prior.TokenPrior`);
 * ``gen`` -- the class-conditional masked token model
-  (:class:`~bsqvit.generate.model.MaskedTokenModel`).
+  (:class:`~bsqvit.generate.model.MaskedTokenModel`);
+* ``video-tokenizer`` -- the block-causal video tokenizer, fine-tuned from ``tokenizer``; the
+  default for video inputs (it streams frame by frame);
+* ``video-prior`` -- its token prior, conditioned on the previous frame's tokens.
+
+Which prior goes with which tokenizer is recorded in each prior (``tokenizer_hash``), and which
+tokenizer a ``.bsq`` or token file needs in the file (its id): :func:`default_tokenizer_for`.
 
 ``MANIFEST.json`` lists every file with its SHA-256 and size; a component's files are verified
 against it the first time the component is used in a process (:func:`default_dir`), and a
@@ -33,7 +39,9 @@ from .models.io import ModelLoadError
 ROOT = Path(__file__).resolve().parent / "assets" / "default"
 SAMPLES = Path(__file__).resolve().parent / "assets" / "samples"  # five Kodak photos (see its README.md)
 MANIFEST = "MANIFEST.json"
-COMPONENTS = ("tokenizer", "prior", "gen")
+COMPONENTS = ("tokenizer", "prior", "gen", "video-tokenizer", "video-prior")
+TOKENIZERS = ("tokenizer", "video-tokenizer")
+PRIORS = ("prior", "video-prior")
 _verified: set[str] = set()
 
 
@@ -102,13 +110,59 @@ def sample_images() -> Path:
     return SAMPLES
 
 
-def default_model_dir() -> Path:
+def default_model_dir(video: bool = False) -> Path:
     """The embedded default tokenizer (verified against its manifest), or an
-    :class:`~bsqvit.io.InputError`."""
-    d = default_dir("tokenizer")
+    :class:`~bsqvit.io.InputError`. ``video``: the video tokenizer where one ships (else the
+    image tokenizer, which codes videos frame by frame)."""
+    d = (default_dir("video-tokenizer") if video else None) or default_dir("tokenizer")
     if d is None:
         raise InputError(NO_DEFAULT_MODEL)
     return d
+
+
+def _config_of(component: str, root: Path) -> dict:
+    try:
+        return json.loads((root / component / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"embedded {component}: unreadable config ({e})") from None
+
+
+def tokenizer_hashes(root: Path | None = None) -> dict[str, str]:
+    """``weights_hash()`` of each embedded tokenizer, as the manifest records them."""
+    m = read_manifest(root)
+    hashes = dict(m.get("tokenizer_hashes") or {})
+    if "tokenizer_hash" in m:  # manifests of one tokenizer
+        hashes.setdefault("tokenizer", m["tokenizer_hash"])
+    return {k: v for k, v in hashes.items() if k in TOKENIZERS and available(k, root)}
+
+
+def default_tokenizer_for(tokenizer_id: str) -> Path | None:
+    """The embedded tokenizer a file needs: the one whose ``weights_hash()`` starts with the
+    file's ``tokenizer_id`` (hex), or None when none ships."""
+    for comp, h in tokenizer_hashes().items():
+        if tokenizer_id and h.startswith(tokenizer_id.lower()):
+            return default_dir(comp)
+    return None
+
+
+def default_pair(video: bool = False) -> tuple[Path, Path | None]:
+    """(the default tokenizer for images or videos, the embedded prior trained for it or None)."""
+    d = default_model_dir(video)
+    h = tokenizer_hashes().get(d.name)  # d is ROOT / component
+    return d, (default_prior_dir(h) if h else None)
+
+
+def default_prior_dir(tokenizer_hash: str | None) -> Path | None:
+    """The embedded prior trained for the tokenizer with this ``weights_hash()`` (None: the image
+    prior), or None when none ships for it."""
+    root = ROOT
+    for comp in PRIORS:
+        if not available(comp, root):
+            continue
+        h = _config_of(comp, root).get("tokenizer_hash")
+        if tokenizer_hash is None and comp == "prior" or h is not None and h == tokenizer_hash:
+            return default_dir(comp, root)
+    return None
 
 
 def write_manifest(root: Path, meta: dict | None = None) -> dict:

@@ -17,7 +17,7 @@ from ..codec.files import compress_file, decompress_file, info, is_frames_dir, r
 from ..codec.container import FORMAT_LIMITS, Limits, read_container, short_id
 from ..codec.train_prior import load_prior_train_config, train_prior
 from ..evaluation.rd import run_rd
-from ..io import InputError
+from ..io import InputError, is_video_path
 from .common import (
     PROG,
     add_device_arg,
@@ -27,7 +27,6 @@ from .common import (
     check_input,
     check_output,
     check_range,
-    default_model_dir,
     has_default_prior,
     model_files,
     print_json,
@@ -84,7 +83,7 @@ def cmd_compress(args) -> int:
                             force=args.force)
     opts = _options(args)
     setup_torch(args)
-    model = resolve_model(args.model, args.device)
+    model = resolve_model(args.model, args.device, video=is_video_path(inp))
     prior = resolve_prior(args.prior, model)
     warnings = []
     if prior is not None and prior.config.tokenizer_hash and prior.config.tokenizer_hash != model.weights_hash():
@@ -168,8 +167,8 @@ def cmd_decompress(args) -> int:
         raise InputError(f"{inp}: coded with a {header.coder} prior (id {header.prior_id[:12]}...); "
                               "give it with --prior DIR")
     setup_torch(args)
-    model = resolve_model(args.model, args.device)
-    prior = resolve_prior(args.prior) if header.coder != "raw" else None  # the id is checked on decode
+    model = resolve_model(args.model, args.device, tokenizer_id=header.tokenizer_id)
+    prior = resolve_prior(args.prior, model) if header.coder != "raw" else None  # the id is checked on decode
     if prior is not None and args.prior is None:
         if short_id(prior.weights_hash()) != header.prior_id:  # not the embedded prior's file
             raise InputError(f"{inp}: coded with a {header.coder} prior (id {header.prior_id[:12]}...) that is "
@@ -269,12 +268,11 @@ def cmd_rd(args) -> int:
         if path:
             check_output(path)
     models, priors = list(args.model), list(args.prior)
-    if not models:  # the embedded default tokenizer and (when it matches) its prior
-        models = [str(default_model_dir())]
-        if not priors:
-            d = pretrained.default_dir("prior")
-            if d is not None:
-                priors = [str(d)]
+    if not models:  # the embedded default tokenizer for images or videos and (when one ships) its prior
+        d, p = pretrained.default_pair(video=args.video)
+        models = [str(d)]
+        if not priors and p is not None:
+            priors = [str(p)]
     report = run_rd(args.data, models=models, priors=priors, video=args.video, limit=args.limit,
                     max_frames=args.max_frames, codecs=args.codecs.split(",") if args.codecs else None,
                     lpips=not args.no_lpips, json_out=args.json, md_out=args.markdown, plot_out=args.plot,

@@ -158,16 +158,21 @@ def setup_torch(args) -> None:
 
 
 # ---- models: tokenizer, prior, generator ------------------------------------------------------------
-def default_model_dir() -> Path:
-    """The embedded default tokenizer (verified against its manifest), or an :class:`InputError`."""
-    return pretrained.default_model_dir()
+def default_model_dir(video: bool = False) -> Path:
+    """The embedded default tokenizer (verified against its manifest), or an :class:`InputError`;
+    ``video``: the video tokenizer where one ships."""
+    return pretrained.default_model_dir(video)
 
 
-def resolve_model(path_or_none: str | os.PathLike | None, device: str = "cpu"):
+def resolve_model(path_or_none: str | os.PathLike | None, device: str = "cpu", video: bool = False,
+                  tokenizer_id: str | None = None):
     """The model for ``--model``: a directory written by ``save_pretrained`` (or a Hub id);
-    ``None`` is the embedded default (:mod:`bsqvit.pretrained`). Moved to ``device``."""
+    ``None`` is an embedded default (:mod:`bsqvit.pretrained`): the one a file was made with
+    (``tokenizer_id``), else the video tokenizer for videos (``video``), else the image
+    tokenizer. Moved to ``device``."""
     if path_or_none is None:
-        path_or_none = default_model_dir()
+        path_or_none = (pretrained.default_tokenizer_for(tokenizer_id) if tokenizer_id else None) or \
+            default_model_dir(video)
     model = load_tokenizer(str(path_or_none))
     return model.to(device).eval()
 

@@ -77,11 +77,9 @@ def cmd_reconstruct(args) -> int:
     out = check_output(args.output, [inp, *model_files(args.model)])
     check_kinds(inp, out, video)
     setup_torch(args)
-    model = resolve_model(args.model, args.device)
+    model = resolve_model(args.model, args.device, video=video)
     bits = float(model.bits_per_token)
     if args.bits is not None:
-        if args.stream:
-            raise InputError("--bits does not combine with --stream")
         try:
             bits = float(model.check_bits(args.bits))
         except ValueError as e:
@@ -139,11 +137,11 @@ def _stream_pairs(model, frame_iter, size, args):
             yield from_uint8(f[None]).to(model.device)[None]
 
     def indices():
-        for idx in encode_stream(model, frames(), window=args.stream_window, amp=args.amp):
+        for idx in encode_stream(model, frames(), window=args.stream_window, amp=args.amp, bits=args.bits):
             blocks.append(idx[0])
             yield idx
 
-    for rec in decode_stream(model, indices(), size, window=args.stream_window, amp=args.amp):
+    for rec in decode_stream(model, indices(), size, window=args.stream_window, amp=args.amp, bits=args.bits):
         rec8 = to_uint8(rec[0])
         ref = np.stack(pending[: len(rec8)])
         del pending[: len(rec8)]
@@ -168,7 +166,7 @@ def cmd_tokenize(args) -> int:
     if is_video_path(out):
         raise InputError(f"{out}: token files are .npz archives")
     setup_torch(args)
-    model = resolve_model(args.model, args.device)
+    model = resolve_model(args.model, args.device, video=video)
     t0 = time.perf_counter()
     if not video:
         x = load_image(inp, max_pixels=args.max_pixels)
@@ -213,7 +211,7 @@ def cmd_detokenize(args) -> int:
     video = idx_np.ndim == 3
     check_kinds(inp, out, video)
     setup_torch(args)
-    model = resolve_model(args.model, args.device)
+    model = resolve_model(args.model, args.device, tokenizer_id=tok["model_hash"])
     if tok["patch_size"] != model.patch_size or abs(tok["bits"] - float(model.bits_per_token)) > 1e-9:
         raise InputError(f"{inp}: tokens are for patch {tok['patch_size']} / {tok['bits']:g} bits, the model has "
                          f"patch {model.patch_size} / {float(model.bits_per_token):g} bits")

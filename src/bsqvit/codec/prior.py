@@ -40,7 +40,7 @@ from torch import Tensor
 
 from ..config import ConfigError
 from ..nn import Block, PretrainedModule, init_gpt, use_flat_block_names
-from ..pretrained import default_dir
+from ..pretrained import default_prior_dir
 from ..quantizers.base import join_groups, split_groups  # noqa: F401  (re-exported)
 
 PRIOR_KINDS = ("ar", "parallel")
@@ -400,13 +400,8 @@ class TokenPrior(
 
 
 def default_prior(model=None) -> TokenPrior | None:
-    """The embedded default token prior (eval mode, :mod:`bsqvit.pretrained`), or None when none
-    ships or when it was trained for another tokenizer than ``model`` (by ``weights_hash()``)."""
-    d = default_dir("prior")
-    if d is None:
-        return None
-    prior = TokenPrior.from_pretrained(str(d)).eval()
-    h = prior.config.tokenizer_hash
-    if model is not None and h is not None and h != model.weights_hash():
-        return None
-    return prior
+    """The embedded token prior (eval mode, :mod:`bsqvit.pretrained`) trained for ``model`` (by
+    ``weights_hash()``: the image prior for the image tokenizer, the video prior for the video
+    tokenizer); None when none ships for it. ``model=None``: the image prior."""
+    d = default_prior_dir(None if model is None else model.weights_hash())
+    return None if d is None else TokenPrior.from_pretrained(str(d)).eval()

@@ -43,6 +43,7 @@ from ..quantizers.base import index_bits
 from ..train import checkpoint as ckpt
 from ..train.loop import SingleModelLoop, step_generator
 from .prior import PriorConfig, TokenPrior
+from .prior_init import warm_start
 
 log = logging.getLogger("bsqvit.codec.train_prior")
 
@@ -85,6 +86,9 @@ class PriorTrainConfig:
     eval_every: int = 250
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
+    # a trained prior to start from (e.g. the image prior, for a video prior of a tokenizer fine-tuned
+    # from that image tokenizer): see warm_start
+    init_from: str | None = None
 
     def __post_init__(self):
         if self.batch_size < 1 or self.steps < 1:
@@ -398,7 +402,10 @@ def train_prior(cfg: PriorTrainConfig, tokenizer_dir, output_dir, resume: bool =
     if len(toks["pairs"]) and not pc.video:
         raise ConfigError("data.video is set but prior.video is false")
     torch.manual_seed(cfg.seed)
-    trainer = PriorTrainer(cfg, TokenPrior(pc), toks, pc.bits, out, max_steps=max_steps, progress=progress)
+    prior = TokenPrior(pc)
+    if cfg.init_from and not resume:
+        log.info("warm start from %s (new: %s)", cfg.init_from, ", ".join(warm_start(prior, cfg.init_from)) or "none")
+    trainer = PriorTrainer(cfg, prior, toks, pc.bits, out, max_steps=max_steps, progress=progress)
     if resume:
         trainer.resume()
     (out / "config.json").write_text(json.dumps({**to_dict(cfg), "prior": to_dict(pc),

@@ -29,10 +29,14 @@ from ..codec.api import (CodecOptions, base_header, decode_tokens, decompress, e
 from ..codec.container import FORMAT_LIMITS
 from ..codec.prior import TokenPrior
 from ..data.images import find_images
-from ..io import VIDEO_SUFFIXES, InputError, from_uint8, iter_video_frames, load_image, to_uint8, video_info
+from ..data.video_sources import find_videos
+from ..io import InputError, from_uint8, iter_video_frames, load_image, to_uint8, video_info
+from ..io.video import DEFAULT_FPS
 from ..metrics.lpips import build_lpips
 from ..metrics.pixel import ms_ssim, ms_ssim_db, psnr
 from ..models import load_tokenizer
+from ..models.frames import stream_decode_frames, stream_encode_frames
+from ..models.streaming import NotStreamableError, check_streamable
 from .baselines import IMAGE_SWEEPS, VIDEO_SWEEPS, encode_image, encode_video, pillow_codecs, video_codecs
 from .bdrate import bd_rate
 from .rd_report import markdown, write_outputs
@@ -101,13 +105,25 @@ def _load_items(data: str, video: bool, limit: int | None, max_frames: int):
         for f in files:
             yield Path(f).name, to_uint8(load_image(f)), 0.0
         return
-    files = [root] if root.is_file() else sorted(p for p in root.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
-    files = files[: limit or None]
-    if not files:
-        raise InputError(f"{root}: no videos")
-    for f in files:
-        frames = np.stack(list(iter_video_frames(f, max_frames=max_frames)))
-        yield f.name, frames, video_info(f)["fps"]
+    sources = find_videos(str(root))[: limit or None]
+    if not sources:
+        raise InputError(f"{root}: no videos (video files or folders of frame images)")
+    for src in sources:
+        if src.is_folder:
+            frames = _folder_frames(src.frames[:max_frames])
+            name, fps = Path(src.path).name, DEFAULT_FPS
+        else:
+            frames = np.stack(list(iter_video_frames(src.path, max_frames=max_frames)))
+            name, fps = Path(src.path).name, video_info(src.path)["fps"]
+        yield name, frames, fps
+
+
+def _folder_frames(files: list[str]) -> np.ndarray:
+    """uint8 (T, H, W, 3) of a folder of frame images (a frame folder is a video, as in training)."""
+    frames = [to_uint8(load_image(f)) for f in files]
+    if any(f.shape != frames[0].shape for f in frames):
+        raise InputError(f"{Path(files[0]).parent}: frame sizes differ within the folder")
+    return np.stack(frames)
 
 
 # ---- points per item ---------------------------------------------------------------------------------------
@@ -166,11 +182,41 @@ def _our_points(per: dict, name: str, ref: np.ndarray, x: torch.Tensor, fps: flo
         tokens = tokenize(model, x, bits=bits)
         t_tok = time.perf_counter() - t0
         label = mname if bits is None else f"{mname}@{bits}"
-        _code_rate(per, name, ref, fps, label, model, priors, video, metrics, tokens, bits, t_tok)
+        stream = _stream_frames(model, x, tokens, bits) if video and _streams(model) else {}
+        _code_rate(per, name, ref, fps, label, model, priors, video, metrics, tokens, bits, t_tok, stream)
+
+
+def _streams(model) -> bool:
+    """Video models that stream frame by frame (block-causal ViTs)."""
+    if model.config.num_frames == 1:
+        return False
+    try:
+        check_streamable(model)
+        return True
+    except NotStreamableError:
+        return False
+
+
+def _stream_frames(model, x: torch.Tensor, tokens: np.ndarray, bits: int | None) -> dict:
+    """The per-frame streaming path (key/value cache, one frame pushed at a time): its tokens must
+    be the clip path's (the same file), and its encode/decode seconds per frame are reported."""
+    T, size = x.shape[1], tuple(x.shape[-2:])
+    x = x.to(model.device)
+    t0 = time.perf_counter()
+    idx = torch.cat([i.cpu() for i in stream_encode_frames(model, (x[:, f : f + 1] for f in range(T)), bits=bits)])
+    t1 = time.perf_counter()
+    for _ in stream_decode_frames(model, (idx[f : f + 1].to(model.device) for f in range(T)), size, bits=bits):
+        pass
+    t2 = time.perf_counter()
+    exact = bool(np.array_equal(idx.numpy(), tokens))
+    if not exact:
+        raise RuntimeError("the per-frame streaming tokens differ from the clip path's")
+    return {"stream_exact": exact, "stream_encode_s_per_frame": (t1 - t0) / T, "stream_decode_s_per_frame": (t2 - t1) / T}
 
 
 def _code_rate(per: dict, name: str, ref: np.ndarray, fps: float, mname: str, model, priors: list[tuple],
-               video: bool, metrics: Metrics, tokens: np.ndarray, bits: int | None, t_tok: float) -> None:
+               video: bool, metrics: Metrics, tokens: np.ndarray, bits: int | None, t_tok: float,
+               stream: dict | None = None) -> None:
     media = "video" if video else "image"
     H, W = ref.shape[-3:-1]
     T = ref.shape[0] if video else 1
@@ -195,7 +241,7 @@ def _code_rate(per: dict, name: str, ref: np.ndarray, fps: float, mname: str, mo
             "setting": mname if prior is None else f"{mname}+{pname}", "bpp": st["bpp"],
             "bits_per_token": st["bits_per_token"], "ideal_bits_per_token": st["ideal_bits_per_token"],
             "coder_overhead": st["coder_overhead"], "seconds_compress": t_tok + c["t_encode"],
-            "seconds_decompress": t_decompress, "exact": c["exact"], **raw["metrics"]})
+            "seconds_decompress": t_decompress, "exact": c["exact"], **(stream or {}), **raw["metrics"]})
         if not c["exact"]:
             raise RuntimeError(f"{name}: {label} round trip is not exact")
 
@@ -208,7 +254,8 @@ def _mean(vals):
 
 def _aggregate(per_item: list[dict], keys=("bpp", "psnr", "ms_ssim", "ms_ssim_db", "lpips", "bits_per_token",
                                            "ideal_bits_per_token", "coder_overhead", "seconds_compress",
-                                           "seconds_decompress")) -> dict:
+                                           "seconds_decompress", "stream_encode_s_per_frame",
+                                           "stream_decode_s_per_frame")) -> dict:
     return {k: _mean(p.get(k) for p in per_item) for k in keys if any(k in p for p in per_item)}
 
 
@@ -220,6 +267,8 @@ def _mean_points(per: dict[str, list[dict]]) -> list[dict]:
         pt = {"label": label, "codec": first["codec"], "setting": first["setting"], "n": len(lst), **_aggregate(lst)}
         if "exact" in first:
             pt["exact_round_trip"] = all(p["exact"] for p in lst)
+        if "stream_exact" in first:
+            pt["stream_exact"] = all(p["stream_exact"] for p in lst)
         points.append(pt)
     return points
 

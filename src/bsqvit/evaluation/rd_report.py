@@ -31,6 +31,15 @@ def markdown(report: dict) -> str:
         for b, r in d.items():
             lines.append(f"| {o} | {b} | {_f(r['bd_rate'], 1)} | {_f(r.get('delta_psnr_at_equal_rate'), 2)} | "
                          f"{r['method']}{' (' + r['note'] + ')' if r.get('note') else ''} |")
+    streamed = [p for p in report["points"] if "stream_exact" in p]
+    if streamed:
+        lines += ["", "Per-frame streaming (one frame pushed at a time through the key/value cache; its tokens "
+                  "are the clip path's, so the file and the points above are the same):", "",
+                  "| ours | tokens equal to the clip path | encode s/frame | decode s/frame |", "|---|---|---:|---:|"]
+        for p in streamed:
+            if p["codec"] == "bsq-raw":
+                lines.append(f"| {p['label']} | {'yes' if p['stream_exact'] else 'NO'} | "
+                             f"{_f(p.get('stream_encode_s_per_frame'), 3)} | {_f(p.get('stream_decode_s_per_frame'), 3)} |")
     lines.append("")
     lines.append("*LPIPS column: " + (report["lpips"] or "not computed"))
     return "\n".join(lines)

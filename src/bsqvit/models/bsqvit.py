@@ -118,14 +118,15 @@ class BSQViT(
         return self.post_quant_embed.weight
 
     # ---- streaming video (models/streaming.py) --------------------------------------------------
-    def encode_stream(self, frames, window: int | None = None, amp: bool = False):
+    def encode_stream(self, frames, window: int | None = None, amp: bool = False, bits: int | None = None):
         """Frame chunks (B,3,t,H,W) -> token indices (B,t_k,h,w), one frame block at a time, with a
         key/value cache (block-causal models; rules in :mod:`bsqvit.models.streaming`)."""
-        return streaming.encode_stream(self, frames, window=window, amp=amp)
+        return streaming.encode_stream(self, frames, window=window, amp=amp, bits=bits)
 
-    def decode_stream(self, indices, size: tuple[int, int] | None = None, window: int | None = None, amp: bool = False):
+    def decode_stream(self, indices, size: tuple[int, int] | None = None, window: int | None = None, amp: bool = False,
+                      bits: int | None = None):
         """Token chunks (B,t,h,w) -> pixels (B,3,t_k,H,W) in [-1, 1], one frame block at a time."""
-        return streaming.decode_stream(self, indices, size=size, window=window, amp=amp)
+        return streaming.decode_stream(self, indices, size=size, window=window, amp=amp, bits=bits)
 
     def last_layer(self) -> Tensor:
         """Weight of the last decoder layer (for the adaptive GAN weight)."""

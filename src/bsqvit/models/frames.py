@@ -39,31 +39,34 @@ def decode_frames(model, idx, size: tuple[int, int], amp: bool = False, bits: in
     return model.decode(idx[None], size=size, amp=amp, **_bits(bits))[0]
 
 
-def stream_encode_frames(model, frames: Iterable, window: int | None = None, amp: bool = False) -> Iterator:
+def stream_encode_frames(model, frames: Iterable, window: int | None = None, amp: bool = False,
+                         bits: int | None = None) -> Iterator:
     """Chunks (3, t, H, W) in [-1, 1] of any lengths -> indices (t_k, h, w) as soon as they are known.
 
     Video models go block by block with a key/value cache (:mod:`bsqvit.models.streaming`); with
     ``window=None`` the tokens are those of :func:`encode_frames` on ``video_chunk(model)``-frame
     chunks (the same token files), with one block of latency instead of one clip. Image models code
-    each chunk as a batch of frames, as :func:`encode_frames` does.
+    each chunk as a batch of frames, as :func:`encode_frames` does. ``bits``: the rate of a
+    nested-bits model, as in :func:`encode_frames`.
     """
     if model.config.num_frames == 1:
         for x in frames:
-            yield encode_frames(model, x, amp=amp)
+            yield encode_frames(model, x, amp=amp, bits=bits)
         return
-    for idx in streaming.encode_stream(model, (x[None] for x in frames), window=window, amp=amp):
+    for idx in streaming.encode_stream(model, (x[None] for x in frames), window=window, amp=amp, bits=bits):
         yield idx[0]
 
 
 def stream_decode_frames(model, indices: Iterable, size: tuple[int, int], window: int | None = None,
-                         amp: bool = False) -> Iterator:
+                         amp: bool = False, bits: int | None = None) -> Iterator:
     """Indices (t, h, w) of any lengths -> (3, t_k, H, W) in [-1, 1]; inverse path of
     :func:`stream_encode_frames` (``window`` must be the same)."""
     if model.config.num_frames == 1:
         for idx in indices:
-            yield decode_frames(model, idx, size, amp=amp)
+            yield decode_frames(model, idx, size, amp=amp, bits=bits)
         return
-    for x in streaming.decode_stream(model, (i[None] for i in indices), size=size, window=window, amp=amp):
+    for x in streaming.decode_stream(model, (i[None] for i in indices), size=size, window=window, amp=amp,
+                                     bits=bits):
         yield x[0]
 
 

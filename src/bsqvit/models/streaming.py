@@ -150,10 +150,11 @@ class CachedTrunk:
 class _Streamer:
     """Frames (or token frames) in, one output per block out; subclasses compute a block."""
 
-    def __init__(self, model, vit: ViT, window: int | None, amp: bool, dim: int):
+    def __init__(self, model, vit: ViT, window: int | None, amp: bool, dim: int, bits: int | None = None):
         check_streamable(model)
         cfg = model.config
         self.model, self.amp, self.dim = model, amp, dim  # dim: the time axis of the inputs
+        self.bits = model.check_bits(bits)  # the rate of a nested-bits model (None: all bits)
         self.schedule = _Schedule(cfg.num_frames, cfg.mask_block_size, window)
         self.trunk = CachedTrunk(vit, self.schedule.cache_frames())
         self.frame = 0  # stream frames already computed
@@ -203,10 +204,11 @@ class _Streamer:
 
 class StreamingEncoder(_Streamer):
     """Frames (B, 3, t, H, W) in [-1, 1], pushed in any numbers -> token indices (B, t_k, h, w) per
-    block, as soon as each block is complete. Call :meth:`flush` at the end of the stream."""
+    block, as soon as each block is complete. Call :meth:`flush` at the end of the stream.
+    ``bits=L'`` (nested-bits models): only the first L' bits of every token, as ``encode(bits=L')``."""
 
-    def __init__(self, model, window: int | None = None, amp: bool = False):
-        super().__init__(model, model.encoder, window, amp, dim=2)
+    def __init__(self, model, window: int | None = None, amp: bool = False, bits: int | None = None):
+        super().__init__(model, model.encoder, window, amp, dim=2, bits=bits)
 
     def push(self, frames: Tensor) -> list[Tensor]:
         if frames.ndim != 5 or frames.shape[1] != 3:
@@ -222,15 +224,19 @@ class StreamingEncoder(_Streamer):
         z = model.quant_embed(self.trunk.step(h, pos0, thw, keep_tokens)).float()
         q = model.quantizer
         idx = q.codes_to_indices(q.project(z)) if hasattr(q, "project") else q(z).indices
+        if self.bits is not None:
+            idx = q.keep_bits(idx, self.bits)
         return idx.reshape(x.shape[0], *thw)
 
 
 class StreamingDecoder(_Streamer):
     """Token indices (B, t, h, w), pushed in any numbers -> pixels (B, 3, t_k, H, W) in [-1, 1] per
-    block (cropped to ``size`` (H, W) if given). Call :meth:`flush` at the end of the stream."""
+    block (cropped to ``size`` (H, W) if given). Call :meth:`flush` at the end of the stream.
+    ``bits=L'``: tokens of a nested-bits model at rate L', as ``decode(bits=L')``."""
 
-    def __init__(self, model, size: tuple[int, int] | None = None, window: int | None = None, amp: bool = False):
-        super().__init__(model, model.decoder, window, amp, dim=1)
+    def __init__(self, model, size: tuple[int, int] | None = None, window: int | None = None, amp: bool = False,
+                 bits: int | None = None):
+        super().__init__(model, model.decoder, window, amp, dim=1, bits=bits)
         self.size = size
 
     def push(self, indices: Tensor) -> list[Tensor]:
@@ -246,7 +252,9 @@ class StreamingDecoder(_Streamer):
     def _block(self, idx: Tensor, pos0: int, keep_tokens: int | None) -> Tensor:
         model = self.model
         B, t, h, w = idx.shape
-        zq = model.quantizer.indices_to_codes(idx.reshape(B, t * h * w).to(model.quant_embed.weight.device))
+        flat = idx.reshape(B, t * h * w).to(model.quant_embed.weight.device)
+        kw = {} if self.bits is None else {"bits": self.bits}
+        zq = model.quantizer.indices_to_codes(flat, **kw)
         hid = model.post_quant_embed(zq.to(model.post_quant_embed.weight.dtype))
         out = model.decoder.head(self.trunk.step(hid, pos0, (t, h, w), keep_tokens))
         x = unpatchify(out.float(), model.patch_size, (t, h, w))
@@ -255,19 +263,21 @@ class StreamingDecoder(_Streamer):
         return x.clamp(-1, 1)
 
 
-def encode_stream(model, frames: Iterable[Tensor], window: int | None = None, amp: bool = False) -> Iterator[Tensor]:
+def encode_stream(model, frames: Iterable[Tensor], window: int | None = None, amp: bool = False,
+                  bits: int | None = None) -> Iterator[Tensor]:
     """Frame chunks (B, 3, t, H, W) -> token indices (B, t_k, h, w), one frame block at a time."""
-    enc = StreamingEncoder(model, window=window, amp=amp)
+    enc = StreamingEncoder(model, window=window, amp=amp, bits=bits)
     for x in frames:
         yield from enc.push(x)
     yield from enc.flush()
 
 
 def decode_stream(
-    model, indices: Iterable[Tensor], size: tuple[int, int] | None = None, window: int | None = None, amp: bool = False
+    model, indices: Iterable[Tensor], size: tuple[int, int] | None = None, window: int | None = None, amp: bool = False,
+    bits: int | None = None,
 ) -> Iterator[Tensor]:
     """Token chunks (B, t, h, w) -> pixels (B, 3, t_k, H, W) in [-1, 1], one frame block at a time."""
-    dec = StreamingDecoder(model, size=size, window=window, amp=amp)
+    dec = StreamingDecoder(model, size=size, window=window, amp=amp, bits=bits)
     for idx in indices:
         yield from dec.push(idx)
     yield from dec.flush()
