@@ -224,7 +224,33 @@ def test_shipped_models_verify_match_and_work():
             y_low = decompress(low.data, tok, prior)
             assert low.stats["bits_per_token"] < r.stats["bits_per_token"]
             assert 15.0 < float(psnr(y_low[None], x[None])) < full
+    if pretrained.available("video-tokenizer", pretrained.ROOT):
+        _check_shipped_video_default(m, tok)
     assert gen.config.num_classes == 10 and "church" in gen.config.class_names
     # every class has its Imagenette name (the wnid's own name table agrees)
     assert gen.config.class_names == [IMAGENETTE_CLASSES[i] for i in gen.config.class_ids]
     assert gen.config.class_names[9] == "parachute" and gen.config.class_ids[9] == "n03888257"
+
+
+def _check_shipped_video_default(manifest: dict, image_tok) -> None:
+    """The embedded video tokenizer: block-causal, fine-tuned from the image default (same
+    architecture and rates), its prior conditioned on the previous frame and trained for it; a
+    static 4-frame clip costs fewer bits per frame after the first and decodes to the pixels of
+    its raw-token file."""
+    from bsqvit.codec import compress, decompress
+    from bsqvit.io import from_uint8
+
+    vtok = BSQViT.from_pretrained(pretrained.default_dir("video-tokenizer"))
+    vprior = TokenPrior.from_pretrained(pretrained.default_dir("video-prior"))
+    assert vtok.weights_hash() == manifest["tokenizer_hashes"]["video-tokenizer"] == vprior.config.tokenizer_hash
+    assert vtok.config.mask_type == "block-causal" and vtok.config.num_frames > 1 and vprior.config.video
+    assert vtok.nested_bits == image_tok.nested_bits and vprior.config.rates == list(image_tok.nested_bits)
+    if KODAK.is_file():
+        frame = np.array(Image.open(KODAK).convert("RGB"))[200:296, 300:428]
+        x = from_uint8(np.stack([frame] * 4)).movedim(0, 1)  # (3, 4, H, W): a still scene
+        res = compress(x, vtok, vprior)
+        y = decompress(res.data, vtok, vprior)
+        assert y.shape == x.shape and torch.equal(y, decompress(compress(x, vtok, None).data, vtok))  # = raw file's
+        assert res.stats["bits_per_token"] < 0.6 * res.stats["raw_bits_per_token"]
+        one = compress(x[:, :1], vtok, vprior)  # the first frame alone: no previous frame
+        assert res.stats["bytes"] < 2.5 * one.stats["bytes"]  # the three repeats cost less than it
