@@ -185,7 +185,7 @@ def test_demo_end_to_end_on_the_shipped_samples(embedded, tmp_path, capsys, monk
     assert set(res["comparison"]) == {"jpeg", "webp"}
     # an honest summary: the PSNR gap at equal rate or the sweep's range, and no one-point BD-rate
     for codec in ("jpeg", "webp"):
-        c = res["comparison"][codec]
+        (c,) = res["comparison"][codec]  # one rate: the fixed-rate tokenizer's
         gap_line = f"{codec} at " in out and "so ours is" in out
         assert gap_line or f"{codec}: its sweep spans" in out
         if c["psnr_at_our_bpp"] is not None:
@@ -195,6 +195,42 @@ def test_demo_end_to_end_on_the_shipped_samples(embedded, tmp_path, capsys, monk
     grid = np.asarray(Image.open(d / "generated" / "grid.png"))
     classes = max(1, MaskedTokenModel.from_pretrained(pretrained.default_dir("gen")).config.num_classes)
     assert grid.shape[0] >= classes * (128 + 14)  # a captioned row of upscaled samples per class
+
+
+def test_demo_draws_a_curve_from_a_nested_default(runs, tmp_path, capsys, monkeypatch):
+    """A nested-bits default is coded at four of its rates: a file and a decoded image per rate, a
+    line per rate in the summary, and a BD-rate from bjontegaard (no generator installed: no grid)."""
+    torch.manual_seed(4)
+    levels = [3, 6, 9, 12, 15, 18]
+    tok = BSQViT.from_preset("tiny", quantizer=dict(type="bsq", dim=18, group_size=1, nested_bits=levels))
+    pretrained.round_to_half(tok)
+    tok.save_pretrained(tmp_path / "runs" / "tokenizer")
+    prior = TokenPrior(kind="ar", bits=18, group_bits=3, rates=levels, width=16, layers=1, heads=2, tile=[8, 8],
+                       tokenizer_hash=tok.weights_hash())
+    pretrained.round_to_half(prior)
+    prior.save_pretrained(tmp_path / "runs" / "prior")
+    root = tmp_path / "default"
+    for c in ("tokenizer", "prior"):
+        pretrained.pack_component(tmp_path / "runs" / c, root / c)
+    pretrained.write_manifest(root, {"tokenizer_hash": tok.weights_hash()})
+    monkeypatch.setattr(pretrained, "ROOT", root)
+    monkeypatch.setattr(pretrained, "_verified", set())
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.open(sorted(pretrained.SAMPLES.glob("*.png"))[0]).crop((0, 0, 96, 64)).save(data / "k.png")
+    rc, out, err = run_cli(capsys, "demo", "--data", data, "--out", tmp_path / "demo", "--no-lpips", "--no-progress")
+    assert rc == 0, err
+    d = tmp_path / "demo"
+    assert sorted(p.name for p in (d / "bsq").iterdir()) == ["k@12.bsq", "k@18.bsq", "k@3.bsq", "k@9.bsq"]
+    assert sorted(p.name for p in (d / "decoded").iterdir()) == ["k@12.png", "k@18.png", "k@3.png", "k@9.png"]
+    res = json.loads((d / "demo.json").read_text())
+    assert res["rates"] == [3, 9, 12, 18] and [m["bits"] for m in res["means"]] == [3, 9, 12, 18]
+    assert [m["bpp"] for m in res["means"]] == sorted(m["bpp"] for m in res["means"])
+    assert all(len(res["comparison"][c]) == 4 for c in ("jpeg", "webp"))
+    assert "ours at 9 bits per token" in out and "no BD-rate" not in out and "BD-rate vs jpeg" in out
+    rd = json.loads((d / "rd.json").read_text())
+    assert rd["bd_rate"]["bsq-ar[embedded]"]["jpeg"]["method"].startswith("bjontegaard")
+    assert not (d / "generated").exists()
 
 
 def test_shipped_models_verify_match_and_work():
