@@ -175,15 +175,27 @@ def _our_points(per: dict, name: str, ref: np.ndarray, x: torch.Tensor, fps: flo
     """One model on one item: raw tokens and every prior of its bit depth -> ``per[label]``, at
     every rate of a nested-bits model (one curve from one model).
 
-    The tokenizer runs once per model and rate; every coder codes the same tokens (same pixels),
-    so a prior's point takes the raw point's distortion and pixel-decoding time."""
-    for bits in _rates_of(model, rates):
-        t0 = time.perf_counter()
-        tokens = tokenize(model, x, bits=bits)
-        t_tok = time.perf_counter() - t0
+    The encoder runs once per model: a token at rate L' is the full token with its dropped bits
+    cleared (``quantizer.keep_bits``, what ``encode(bits=L')`` returns), and every coder codes the
+    same tokens (same pixels), so a prior's point takes the raw point's distortion and
+    pixel-decoding time. Block-causal video models also go through the per-frame streaming path
+    once, at the highest rate coded (:func:`_stream_frames`)."""
+    levels = _rates_of(model, rates)
+    t0 = time.perf_counter()
+    full = tokenize(model, x)
+    t_tok = time.perf_counter() - t0
+    top = levels[-1]
+    stream = _stream_frames(model, x, _at_rate(model, full, top), top) if video and _streams(model) else {}
+    for bits in levels:
+        tokens = _at_rate(model, full, bits)
         label = mname if bits is None else f"{mname}@{bits}"
-        stream = _stream_frames(model, x, tokens, bits) if video and _streams(model) else {}
-        _code_rate(per, name, ref, fps, label, model, priors, video, metrics, tokens, bits, t_tok, stream)
+        _code_rate(per, name, ref, fps, label, model, priors, video, metrics, tokens, bits, t_tok,
+                   stream if bits == top else {})
+
+
+def _at_rate(model, tokens: np.ndarray, bits: int | None) -> np.ndarray:
+    """Full-width tokens -> the tokens of rate ``bits`` (dropped bits cleared); None: unchanged."""
+    return tokens if bits is None else model.quantizer.keep_bits(torch.from_numpy(tokens), bits).numpy()
 
 
 def _streams(model) -> bool:
@@ -268,7 +280,7 @@ def _mean_points(per: dict[str, list[dict]]) -> list[dict]:
         if "exact" in first:
             pt["exact_round_trip"] = all(p["exact"] for p in lst)
         if "stream_exact" in first:
-            pt["stream_exact"] = all(p["stream_exact"] for p in lst)
+            pt["stream_exact"] = all(p.get("stream_exact") for p in lst)
         points.append(pt)
     return points
 
