@@ -75,10 +75,19 @@ def video_codecs() -> list[str]:
 
 
 def encode_video(frames: np.ndarray, fps: float, codec: str, crf: int, tmpdir: Path) -> tuple[int, np.ndarray]:
-    """uint8 (T, H, W, 3) -> (MP4 bytes, decoded uint8 (T, H, W, 3)) at ``crf``; the file goes
-    through ``tmpdir`` and is removed."""
+    """uint8 (T, H, W, 3) -> (file bytes, decoded uint8 (T, H, W, 3)) at ``crf``: an MP4 file, or a
+    Matroska one where FFmpeg's MP4 muxer refuses the stream (it does for some very short libx265
+    streams: "not yet implemented"); the file goes through ``tmpdir`` and is removed."""
+    import av
+
+    try:
+        return _encode_video_file(frames, fps, codec, crf, tmpdir / f"{codec}_{crf}.mp4")
+    except av.error.FFmpegError:
+        return _encode_video_file(frames, fps, codec, crf, tmpdir / f"{codec}_{crf}.mkv")
+
+
+def _encode_video_file(frames: np.ndarray, fps: float, codec: str, crf: int, path: Path) -> tuple[int, np.ndarray]:
     enc = VIDEO_SWEEPS[codec][0]
-    path = tmpdir / f"{codec}_{crf}.mp4"
     opts = {} if enc in ("libx264", "libx265") else {"crf": str(crf)}
     with VideoWriter(path, fps, codec=enc, crf=crf if enc in ("libx264", "libx265") else None, options=opts) as w:
         w.write(frames)
