@@ -556,6 +556,9 @@ def test_bd_rate_methods():
     r = bd_rate(four, base)
     assert r["method"].startswith("bjontegaard") and r["bd_rate"] == pytest.approx(-20.0, abs=0.5)
     assert bd_rate([{"bpp": 1.0, "psnr": 60.0}], base)["bd_rate"] is None
+    apart = [{"bpp": p["bpp"], "psnr": p["psnr"] - 20.0} for p in base[:4]]  # no PSNR in common: no number
+    r = bd_rate(apart, base)
+    assert r["bd_rate"] is None and "overlap" in r["note"]
 
 
 def test_cli_rd_images_and_video(tmp_path, capsys):

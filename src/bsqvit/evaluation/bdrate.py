@@ -62,6 +62,8 @@ def _bd_rate_akima(r1, d1, r2, d2) -> dict:
             v = float(bd.bd_rate(r1, d1, r2, d2, method="akima", require_matching_points=False))
         except Exception as e:  # non-monotone curves, no overlap
             return {"bd_rate": None, "method": "bjontegaard-akima", "note": f"failed: {type(e).__name__}: {e}"}
+    if not math.isfinite(v):  # the package returns NaN when the PSNR ranges do not overlap
+        return {"bd_rate": None, "method": "bjontegaard-akima", "note": "the curves' PSNR ranges do not overlap"}
     return {"bd_rate": v, "method": "bjontegaard-akima"}
 
 
