@@ -120,7 +120,7 @@ def _code_images(files, model, prior, metrics, out: Path, echo, rates: list[int 
             t2 = time.perf_counter()
             m = metrics(to_uint8(load_image(f)), to_uint8(load_image(png)))
             setting = "embedded" if bits is None else f"embedded@{bits}+embedded"  # rd's curve key: after the +
-            per.setdefault(f"bsq-{kind}[{setting}]", []).append({
+            per.setdefault(f"bsq-{kind}[embedded]" if bits is None else f"bsq-{kind}[embedded@{bits}]", []).append({
                 "item": Path(f).name, "codec": f"bsq-{kind}", "model": "embedded", "prior": "embedded",
                 "setting": setting, "bits": st["raw_bits_per_token"], "bpp": st["bpp"],
                 "bits_per_token": st["bits_per_token"], "ideal_bits_per_token": st.get("ideal_bits_per_token"),
