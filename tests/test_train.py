@@ -181,12 +181,19 @@ def test_ddp_two_processes_match_one_process(tmp_path, image_dir):
 def test_ablation_runs_all_quantizers_at_matched_bits(tmp_path, image_dir, capsys):
     p = write_config(tmp_path / "a.yaml", image_dir, steps=2, **{"loss.gan_weight": 0.0, "data.val_resolution": 64,
                                                                  "checkpoint_every": 0})
-    rc = main(["ablate-quantizers", str(p), "--output-dir", str(tmp_path / "abl"), "--bits", "8"])
+    rc = main(["ablate-quantizers", str(p), "--output-dir", str(tmp_path / "abl"), "--bits", "8",
+               "--quantizers", "bsq,lfq,vq,fsq,leech"])
     assert rc == 0
     rows = json.loads((tmp_path / "abl" / "ablation.json").read_text())
-    assert [r["quantizer"] for r in rows] == ["bsq", "lfq", "vq", "fsq"]
+    assert [r["quantizer"] for r in rows] == ["bsq", "lfq", "vq", "fsq", "leech"]
     for r in rows:
-        assert abs(r["bits"] - 8) < 0.1  # FSQ [8,6,5] = 240 codes = 7.9 bits
+        # FSQ [8,6,5] = 240 codes = 7.9 bits; Λ24-SQ has its fixed 196,560 codes whatever --bits is
+        assert abs(r["bits"] - (17.585 if r["quantizer"] == "leech" else 8)) < 0.1
         assert 0 < r["code_usage"] <= 1 and r["tokens"] == 4 * 4 * 16  # 4 images, 2x2 tiles of 4x4 tokens
         assert 3 < r["psnr"] < 60
-    assert "| BSQ |" in (tmp_path / "abl" / "ablation.md").read_text()
+    table = (tmp_path / "abl" / "ablation.md").read_text()
+    assert "| BSQ |" in table and "| Λ24-SQ | 17.5" in table and "196,560 fixed codes" in table
+    # an unknown quantizer is refused before anything trains
+    capsys.readouterr()
+    assert main(["ablate-quantizers", str(p), "--output-dir", str(tmp_path / "bad"), "--quantizers", "bsq,nope"]) != 0
+    assert "unknown quantizer 'nope'" in capsys.readouterr().err and not (tmp_path / "bad" / "bsq").exists()

@@ -31,11 +31,12 @@ def cmd_train(args) -> int:
 
 
 def add_ablate(sub) -> None:
-    p = sub.add_parser("ablate-quantizers", help="train the same tokenizer with BSQ, LFQ, VQ and FSQ at matched bits")
+    p = sub.add_parser("ablate-quantizers", help="train the same tokenizer with BSQ, LFQ, VQ, FSQ and Λ24-SQ (leech) at matched bits")
     p.add_argument("config", help="YAML training config of the shared tokenizer")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--bits", type=int, default=None, help="bits per token for every quantizer (default: model.quantizer.dim)")
-    p.add_argument("--quantizers", default="bsq,lfq,vq,fsq")
+    p.add_argument("--quantizers", default="bsq,lfq,vq,fsq",
+                   help="comma-separated: bsq, lfq, vq, fsq, leech (Λ24-SQ, fixed 17.58 bits)")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_ablate)

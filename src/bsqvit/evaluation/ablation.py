@@ -1,8 +1,10 @@
-"""The paper's quantizer ablation at small scale: same tokenizer, BSQ vs LFQ vs VQ vs FSQ.
+"""The paper's quantizer ablation at small scale: same tokenizer, BSQ vs LFQ vs VQ vs FSQ vs Λ24-SQ.
 
 Each quantizer is given the same number of bits per token (``bits``): BSQ and LFQ use L =
-bits, VQ a codebook of 2^bits entries, FSQ the level set closest to 2^bits codes. Everything
-else (architecture, data, objective, steps, seed) is identical.
+bits, VQ a codebook of 2^bits entries, FSQ the level set closest to 2^bits codes. Λ24-SQ
+(``leech``) has a fixed rate, log2(196,560) = 17.58 bits, whatever ``bits`` is, and no entropy
+or commitment term (the successor paper's ``codebook_weight: 0``). Everything else
+(architecture, data, objective, steps, seed) is identical.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ FSQ_LEVELS = {
 }
 
 
+NAMES = {"leech": "Λ24-SQ"}  # table names other than the kind in capitals
+
+
 def quantizer_for(kind: str, bits: int, base: QuantizerConfig, vq_dim: int = 16) -> QuantizerConfig:
     if kind == "bsq":
         g = base.group_size if base.type == "bsq" and base.group_size and bits % base.group_size == 0 else None
@@ -47,6 +52,8 @@ def quantizer_for(kind: str, bits: int, base: QuantizerConfig, vq_dim: int = 16)
         if bits not in FSQ_LEVELS:
             raise ValueError(f"no FSQ level set for {bits} bits (have {sorted(FSQ_LEVELS)})")
         return QuantizerConfig(type="fsq", levels=list(FSQ_LEVELS[bits]))
+    if kind == "leech":
+        return QuantizerConfig(type="leech", dim=24)
     raise ValueError(f"unknown quantizer {kind!r}")
 
 
@@ -84,10 +91,11 @@ def run_ablation(cfg: TrainConfig, output_dir, bits: int | None = None, kinds=("
     writes ``ablation.json`` and ``ablation.md`` there and returns the rows."""
     out = Path(output_dir)
     bits = bits or cfg.model.quantizer.dim
+    quantizers = {kind: quantizer_for(kind, bits, cfg.model.quantizer) for kind in kinds}  # all checked first
     rows = []
     for kind in kinds:
         c = copy.deepcopy(cfg)
-        c.model = replace(c.model, quantizer=quantizer_for(kind, bits, cfg.model.quantizer))
+        c.model = replace(c.model, quantizer=quantizers[kind])
         trainer = Trainer(c, out / kind, max_steps=max_steps, progress=progress)
         t0 = time.time()
         steps0 = trainer.step
@@ -122,6 +130,8 @@ def _describe(q: QuantizerConfig) -> str:
         return f"L={q.dim}, entropy groups g={g if g else 'default'}"
     if q.type == "vq":
         return f"K={q.codebook_size}, dim={q.dim}, {'EMA' if q.ema else 'learned'}, dead-code restart"
+    if q.type == "leech":
+        return "Λ24: 196,560 fixed codes, exact search, no entropy or commitment term"
     return f"levels={q.levels}"
 
 
@@ -135,7 +145,7 @@ def write_table(rows: list[dict], out: Path) -> None:
     for r in rows:
         be = f"{r['bit_entropy_sum']:.2f}" if r.get("bit_entropy_sum") is not None else "-"
         lines.append(
-            f"| {r['quantizer'].upper()} | {r['bits']:.2f} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
+            f"| {NAMES.get(r['quantizer'], r['quantizer'].upper())} | {r['bits']:.2f} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
             f"{100 * r['code_usage']:.1f}% ({r['used_codes']}/{r['tokens']} tokens) | {r['entropy_bits']:.2f} | {be} | "
             f"{r['sec_per_step']:.3f} | {r['settings']} |"
         )
