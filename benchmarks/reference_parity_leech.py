@@ -40,15 +40,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reference_parity as rp  # noqa: E402  (helpers shared with the BSQ parity script)
+import reference_parity as rp
 
 L24_YAML = "configs/tokenizer/imagenet_256x256_l24sq_stylegan_f8_fp16.yaml"
-SMALL = dict(width=256, layers=4, heads=4)
+SMALL = {"width": 256, "layers": 4, "heads": 4}
 # name -> (kind, vitconfig overrides, frames fed, input side, is ViT-B)
 VARIANTS = {
     "image-B-256": ("image", {}, 1, 256, True),  # the released Λ24-SQ config as is
     "image-small-128": ("image", dict(SMALL, image_size=128), 1, 128, False),
-    "video-B-T4-blockcausal-128": ("video", dict(image_size=128, num_frames=4, mask_type="block-causal"), 4, 128, True),
+    "video-B-T4-blockcausal-128": ("video", {"image_size": 128, "num_frames": 4, "mask_type": "block-causal"}, 4, 128, True),
     "video-small-T8-blockcausal-128": ("video", dict(SMALL, image_size=128, num_frames=8, mask_type="block-causal"),
                                        8, 128, False),
 }
@@ -94,7 +94,7 @@ def run_reference(ref, x: torch.Tensor) -> dict:
     idx = info["indices"].reshape(x.shape[0], -1)
     dec = ref.decode(quant)
     dec_idx = ref.decode(ref.quantize.get_codebook_entry(idx)).clamp(-1, 1)
-    return dict(u=u, quant=quant, idx=idx, dec=dec, dec_idx=dec_idx, fwd=ref(x)[0])
+    return {"u": u, "quant": quant, "idx": idx, "dec": dec, "dec_idx": dec_idx, "fwd": ref(x)[0]}
 
 
 @torch.no_grad()
@@ -107,8 +107,8 @@ def run_ours(model, x: torch.Tensor, ref: dict) -> dict:
     dec_idx = model.decode(q.from_reference_indices(ref["idx"]).reshape(full.shape))
     if x.ndim == 4:
         dec = dec[:, :, 0]
-    return dict(u=F.normalize(z, dim=-1).reshape(ref["u"].shape), idx_ours=idx, idx=q.to_reference_indices(idx),
-                dec=dec, dec_idx=dec_idx, fwd=model(x).reconstruction)
+    return {"u": F.normalize(z, dim=-1).reshape(ref["u"].shape), "idx_ours": idx, "idx": q.to_reference_indices(idx),
+                "dec": dec, "dec_idx": dec_idx, "fwd": model(x).reconstruction}
 
 
 def top2_gap(u: torch.Tensor) -> float:
@@ -195,8 +195,8 @@ def markdown(results: list[dict], meta: dict) -> str:
     lines = [
         f"# Λ24-SQ reference parity (torch {meta['torch']}, timm {meta['timm']}, reference {meta['reference_commit']})",
         "",
-        "| variant | input | weights | ref mask | idx agree | feat maxdiff | decode(same codes) | decode(ref idx) | "
-        "forward | min top-2 gap | distinct codes | pass |",
+        ("| variant | input | weights | ref mask | idx agree | feat maxdiff | decode(same codes) | decode(ref idx) | "
+        "forward | min top-2 gap | distinct codes | pass |"),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
