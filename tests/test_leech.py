@@ -280,3 +280,31 @@ def test_official_lambda24_checkpoint_maps_its_order_both_ways(tmp_path):
     torch.save({"state_dict": sd}, tmp_path / "vq.pt")
     with pytest.raises(Exception, match="learned VQ codebook"):
         BSQViT.from_official(tmp_path / "vq.pt", tmp_path / "c.yaml")
+
+
+# ---- the codec: Λ24 tokens in .bsq files -------------------------------------------------------------------------------
+def test_codec_round_trip_with_a_prior_and_forged_tokens():
+    """Λ24 tokens through the .bsq codec: raw 18-bit fields and an AR prior over 3 x 6-bit groups
+    both give back the encoder's tokens; a field value that no code has (>= 196,560) is a format
+    error before any lookup."""
+    from bsqvit.codec import BSQFormatError, CodecOptions, PriorConfig, TokenPrior, compress, decode_tokens, decompress
+    from bsqvit.codec.api import base_header, encode_tokens
+
+    torch.manual_seed(0)
+    m = _tiny_leech().eval()
+    x = torch.rand(3, 24, 40) * 2 - 1  # 3 x 5 tokens
+    with torch.no_grad():
+        tokens = m.encode(x[None])[0].numpy()
+    prior = TokenPrior(PriorConfig(kind="ar", bits=18, group_bits=6, width=32, layers=1, heads=2, tile=[3, 5])).eval()
+    pixels = []
+    for p in (None, prior):
+        res = compress(x, m, prior=p)
+        assert res.header.bits == 18 and res.header.coder == ("raw" if p is None else "ar")
+        assert np.array_equal(decode_tokens(res.data, prior=p)[1][0], tokens)
+        pixels.append(decompress(res.data, m, prior=p))
+    assert torch.equal(pixels[0], pixels[1]) and pixels[0].shape == (3, 24, 40)
+    h = base_header(m, "image", 24, 40, 1, 25.0, None, CodecOptions())
+    forged = tokens[None].copy()
+    forged[0, 1, 2] = N_CODES
+    with pytest.raises(BSQFormatError, match=f"outside the tokenizer's codebook of {N_CODES}"):
+        decompress(encode_tokens(forged, h)[0], m)
