@@ -178,6 +178,21 @@ def test_cli_refuses_to_overwrite_inputs(tmp_path, capsys, models, crop):
     assert_clean_error(rc, err)
 
 
+def test_cli_refuses_to_replace_outputs_without_force(tmp_path, capsys, models, crop):
+    """reconstruct, tokenize and detokenize keep an existing OUT unless --force, which replaces it."""
+    m = models / "tiny"
+    for cmd, inp, out in (("reconstruct", crop, tmp_path / "r.png"), ("tokenize", crop, tmp_path / "t.npz"),
+                          ("detokenize", tmp_path / "t.npz", tmp_path / "d.png")):
+        out.write_bytes(b"keep me")
+        rc, _, err = run_cli(capsys, cmd, inp, out, "--model", m)
+        assert_clean_error(rc, err)
+        assert "use --force" in err and out.read_bytes() == b"keep me"
+        rc, _, err = run_cli(capsys, cmd, inp, out, "--model", m, "--force")
+        assert rc == 0, err
+        assert out.read_bytes() != b"keep me" and leftovers(tmp_path) == []
+    assert Image.open(tmp_path / "d.png").size == Image.open(tmp_path / "r.png").size == (100, 70)
+
+
 def test_cli_detokenize_force_and_models(tmp_path, capsys, models, crop):
     rc, _, _ = run_cli(capsys, "tokenize", crop, tmp_path / "t.npz", "--model", models / "tiny")
     assert rc == 0

@@ -69,12 +69,13 @@ def add_reconstruct(sub) -> None:
                    help="with --stream: attend to the last W blocks without clip restarts (docs/STREAMING.md)")
     p.add_argument("--bits", type=int, default=None, metavar="L'",
                    help="nested-bits models: keep the first L' bits of every token (one of the model's levels)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_reconstruct)
 
 
 def cmd_reconstruct(args) -> int:
     inp, video = check_input(args.input), is_video_path(args.input)
-    out = check_output(args.output, [inp, *model_files(args.model)])
+    out = check_output(args.output, [inp, *model_files(args.model)], force=args.force)
     check_kinds(inp, out, video)
     setup_torch(args)
     model = resolve_model(args.model, args.device, video=video)
@@ -157,12 +158,13 @@ def add_tokenize(sub) -> None:
     p.add_argument("output", metavar="OUT.npz")
     add_model_args(p)
     add_input_args(p)
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_tokenize)
 
 
 def cmd_tokenize(args) -> int:
     inp, video = check_input(args.input), is_video_path(args.input)
-    out = check_output(args.output, [inp, *model_files(args.model)])
+    out = check_output(args.output, [inp, *model_files(args.model)], force=args.force)
     if is_video_path(out):
         raise InputError(f"{out}: token files are .npz archives")
     setup_torch(args)
@@ -198,14 +200,15 @@ def add_detokenize(sub) -> None:
     p.add_argument("input", metavar="IN.npz")
     p.add_argument("output", metavar="OUT")
     add_model_args(p)
-    p.add_argument("--force", action="store_true", help="decode even if the model hash differs (warning only)")
+    p.add_argument("--force", action="store_true",
+                   help="replace OUT if it exists, and decode even if the model hash differs (warning only)")
     add_video_out_args(p)
     p.set_defaults(func=cmd_detokenize)
 
 
 def cmd_detokenize(args) -> int:
     inp = check_input(args.input)
-    out = check_output(args.output, [inp, *model_files(args.model)])
+    out = check_output(args.output, [inp, *model_files(args.model)], force=args.force)
     tok = load_tokens(inp)
     idx_np = tok["indices"]
     video = idx_np.ndim == 3
