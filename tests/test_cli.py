@@ -193,6 +193,37 @@ def test_cli_refuses_to_replace_outputs_without_force(tmp_path, capsys, models, 
     assert Image.open(tmp_path / "d.png").size == Image.open(tmp_path / "r.png").size == (100, 70)
 
 
+def test_cli_reports_are_kept_without_force(tmp_path, capsys, models, crop):
+    """Every command that writes a report or a folder refuses an existing one before any work, and
+    --force lets the same command write it (eval shown end to end)."""
+    m, data = models / "tiny", crop.parent
+    keep = tmp_path / "old.json"
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x.png").write_bytes(b"keep me")
+    cases = [
+        ["eval", "--model", m, "--data", data, "--fid", "none", "--json", keep],
+        ["eval", "--model", m, "--data", data, "--fid", "none", "--report", full],
+        ["bench", "--preset", "tiny", "--json", keep],
+        ["fid-stats", data, tmp_path / "old.npz"],
+        ["rd", "--data", data, "--model", m, "--markdown", keep],
+        ["eval-gen", "--ref", data, "--samples", data, "--json", keep],
+        ["generate", "--model", m, "--out", full],
+        ["demo", "--out", full],
+    ]
+    (tmp_path / "old.npz").write_bytes(b"keep me")
+    keep.write_bytes(b"keep me")
+    for cmd in cases:
+        rc, _, err = run_cli(capsys, *cmd)
+        assert_clean_error(rc, err)
+        assert "use --force" in err, (cmd[0], err)
+        assert keep.read_bytes() == b"keep me" and (full / "x.png").read_bytes() == b"keep me"
+        assert sorted(p.name for p in full.iterdir()) == ["x.png"]
+    rc, _, err = run_cli(capsys, "eval", "--model", m, "--data", data, "--fid", "none", "--json", keep, "--force")
+    assert rc == 0, err
+    assert b"psnr" in keep.read_bytes() and leftovers(tmp_path) == []
+
+
 def test_cli_detokenize_force_and_models(tmp_path, capsys, models, crop):
     rc, _, _ = run_cli(capsys, "tokenize", crop, tmp_path / "t.npz", "--model", models / "tiny")
     assert rc == 0

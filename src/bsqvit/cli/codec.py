@@ -245,6 +245,7 @@ def add_rd(sub) -> None:
     p.add_argument("--json", default=None, metavar="OUT.json")
     p.add_argument("--markdown", default=None, metavar="OUT.md")
     p.add_argument("--plot", default=None, metavar="OUT.png")
+    p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.set_defaults(func=cmd_rd)
 
 
@@ -266,7 +267,7 @@ def cmd_rd(args) -> int:
     setup_torch(args)
     for path in (args.json, args.markdown, args.plot):
         if path:
-            check_output(path)
+            check_output(path, [args.data], force=args.force)
     models, priors = list(args.model), list(args.prior)
     if not models:  # the embedded default tokenizer for images or videos and (when one ships) its prior
         d, p = pretrained.default_pair(video=args.video)

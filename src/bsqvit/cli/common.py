@@ -77,6 +77,22 @@ def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = 
     return out
 
 
+def check_output_dir(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), force: bool = False) -> Path:
+    """An output folder: in an existing directory, not a file, not holding an input, and not an
+    existing non-empty folder unless ``force`` (whose files are then replaced one by one, atomically)."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise InputError(f"{out}: output directory {out.parent} does not exist")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a directory")
+    for inp in inputs:
+        if out.resolve() == Path(inp).resolve() or out.resolve() in Path(inp).resolve().parents:
+            raise InputError(f"{out}: refusing to write into a folder that holds the input {inp}")
+    if not force and out.is_dir() and any(out.iterdir()):
+        raise InputError(f"{out}: exists and is not empty; refusing to overwrite it (use --force)")
+    return out
+
+
 def check_kinds(inp: Path, out: Path, video: bool) -> None:
     """An image input needs an image output, a video input a video output."""
     if video and not is_video_path(out):

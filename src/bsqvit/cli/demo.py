@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..demo import run_demo
 from ..io import InputError
-from .common import add_device_arg, setup_torch
+from .common import add_device_arg, check_output_dir, setup_torch
 
 
 def add_demo(sub) -> None:
@@ -19,6 +19,7 @@ def add_demo(sub) -> None:
     p.add_argument("--data", default=None, metavar="DIR", help="a folder of your images (default: the shipped samples)")
     p.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default: demo-out)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="first N images")
+    p.add_argument("--force", action="store_true", help="write into an existing non-empty --out")
     p.add_argument("--no-lpips", action="store_true", help="skip the LPIPS stand-in")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
@@ -31,9 +32,7 @@ def cmd_demo(args) -> int:
         raise InputError(f"{args.data}: not a directory (give --data DIR)")
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be >= 1, got {args.limit}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a directory")
+    out = check_output_dir(args.out, [args.data] if args.data else [], force=args.force)
     setup_torch(args)
     run_demo(args.data, out, limit=args.limit, lpips=not args.no_lpips, echo=lambda m: print(m, flush=True),
              device=args.device, progress=not args.no_progress)

@@ -15,7 +15,15 @@ from ..evaluation.results import format_markdown, write_json
 from ..evaluation.tokenizer import compute_reference_stats, evaluate
 from ..io import InputError, atomic_path
 from ..models import build_tokenizer, get_preset
-from .common import add_device_arg, add_model_args, check_output, model_files, resolve_model, setup_torch
+from .common import (
+    add_device_arg,
+    add_model_args,
+    check_output,
+    check_output_dir,
+    model_files,
+    resolve_model,
+    setup_torch,
+)
 
 
 def _eval_data_args(p: argparse.ArgumentParser) -> None:
@@ -55,6 +63,7 @@ def add_eval(sub) -> None:
     p.add_argument("--json", default=None, metavar="OUT", help="write every number to OUT (JSON)")
     p.add_argument("--report", default=None, metavar="DIR", help="write a PNG grid (video: side-by-side MP4 + frame strip)")
     p.add_argument("--report-items", type=int, default=4, metavar="N", help="items shown in the report (default 4)")
+    p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.set_defaults(func=cmd_eval)
 
 
@@ -68,11 +77,9 @@ def _eval_config(args, **extra):
 def cmd_eval(args) -> int:
     inputs = [args.data, *model_files(args.model)]
     if args.json:
-        check_output(args.json, inputs)
-    if args.report and Path(args.report).exists() and not Path(args.report).is_dir():
-        raise InputError(f"{args.report}: exists and is not a directory")
-    if args.report and not Path(args.report).parent.is_dir():
-        raise InputError(f"{args.report}: parent directory {Path(args.report).parent} does not exist")
+        check_output(args.json, inputs, force=args.force)
+    if args.report:
+        check_output_dir(args.report, inputs, force=args.force)
     if args.fid_ref and Path(args.fid_ref).suffix != ".npz":
         raise InputError(f"{args.fid_ref}: reference statistics are .npz files")
     if args.fid_ref and not Path(args.fid_ref).exists():
@@ -101,13 +108,14 @@ def add_fid_stats(sub) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
     add_device_arg(p)
     _eval_data_args(p)
+    p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.set_defaults(func=cmd_fid_stats)
 
 
 def cmd_fid_stats(args) -> int:
     if Path(args.output).suffix != ".npz":
         raise InputError(f"{args.output}: statistics are written as .npz")
-    check_output(args.output, [args.data])
+    check_output(args.output, [args.data], force=args.force)
     if not Path(args.data).exists():
         raise InputError(f"{args.data}: no such file or directory")
     setup_torch(args)
@@ -131,12 +139,13 @@ def add_bench(sub) -> None:
     p.add_argument("--warmup", type=int, default=1, metavar="W", help="untimed warm-up calls")
     add_device_arg(p)
     p.add_argument("--json", default=None, metavar="OUT", help="write the numbers to OUT (JSON)")
+    p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args) -> int:
     if args.json:
-        check_output(args.json, model_files(args.model))
+        check_output(args.json, model_files(args.model), force=args.force)
     setup_torch(args)
     if args.preset:
         torch.manual_seed(0)

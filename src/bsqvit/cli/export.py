@@ -8,7 +8,7 @@ from pathlib import Path
 from ..export import DEFAULT_OPSET, FORMATS, OPSETS, export_onnx
 from ..extras import require
 from ..io import InputError
-from .common import model_files, resolve_model, setup_torch
+from .common import check_output_dir, model_files, resolve_model, setup_torch
 
 
 def add_export(sub) -> None:
@@ -26,20 +26,6 @@ def add_export(sub) -> None:
     p.set_defaults(func=cmd_export)
 
 
-def check_out_dir(out: Path, model_arg, force: bool) -> None:
-    """OUT_DIR: in an existing directory, not a file, not the model's directory or one holding
-    it, and not an existing non-empty directory unless ``force``."""
-    if not out.parent.is_dir():
-        raise InputError(f"{out}: output directory {out.parent} does not exist")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a directory")
-    for f in model_files(model_arg):
-        if out.resolve() in f.resolve().parents:
-            raise InputError(f"{out}: refusing to replace the model directory {Path(model_arg)}")
-    if not force and out.is_dir() and any(out.iterdir()):
-        raise InputError(f"{out}: exists and is not empty; refusing to overwrite it (use --force)")
-
-
 def cmd_export(args) -> int:
     fmt = args.format.lower()
     if fmt not in FORMATS:
@@ -47,7 +33,7 @@ def cmd_export(args) -> int:
     if args.opset not in OPSETS:
         raise InputError(f"--opset must be in {OPSETS[0]}..{OPSETS[-1]}, got {args.opset}")
     out = Path(args.output)
-    check_out_dir(out, args.model, args.force)
+    check_output_dir(out, model_files(args.model), force=args.force)
     require("onnx", "bsqvit export --format onnx")
     setup_torch(args)
     model = resolve_model(args.model, "cpu")

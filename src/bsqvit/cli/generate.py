@@ -24,8 +24,10 @@ from .common import (
     add_model_args,
     check_input,
     check_output,
+    check_output_dir,
     check_pair,
     default_model_dir,
+    model_files,
     resolve_gen,
     resolve_model,
     setup_torch,
@@ -127,6 +129,7 @@ def add_generate(sub) -> None:
     p.add_argument("--outpaint", type=int, default=0, metavar="PIXELS", help="extend IMAGE by PIXELS on every side")
     p.add_argument("--no-paste", action="store_true", help="inpainting: do not paste the unmasked pixels back")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--force", action="store_true", help="write into an existing non-empty --out")
     p.set_defaults(func=cmd_generate)
 
 
@@ -140,12 +143,8 @@ def cmd_generate(args) -> int:
         raise InputError("--inpaint needs --mask MASK.png and/or --outpaint PIXELS")
     if args.outpaint < 0:
         raise InputError(f"--outpaint must be >= 0, got {args.outpaint}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a directory")
-    if not out.parent.is_dir():
-        raise InputError(f"{out}: parent directory {out.parent} does not exist")
     inputs = [check_input(f) for f in (args.inpaint, args.mask) if f]
+    out = check_output_dir(args.out, [*inputs, *model_files(args.model), *model_files(args.gen)], force=args.force)
     setup_torch(args)
     model = resolve_model(args.model, args.device)
     gen = resolve_gen(args.gen, args.device)
@@ -260,6 +259,7 @@ def add_eval_gen(sub) -> None:
     p.add_argument("--threads", type=int, default=None)
     add_device_arg(p)
     p.add_argument("--json", default=None, metavar="OUT.json")
+    p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.set_defaults(func=cmd_eval_gen)
 
 
@@ -269,7 +269,7 @@ def cmd_eval_gen(args) -> int:
     if args.samples is not None and not Path(args.samples).is_dir():
         raise InputError(f"{args.samples}: not a directory")
     if args.json:
-        check_output(args.json)
+        check_output(args.json, force=args.force)
     setup_torch(args)
     if args.samples is not None:
         first, _ = load_folder(args.samples, limit=1, exclude=("grid.png",))
