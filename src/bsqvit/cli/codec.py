@@ -7,13 +7,15 @@ replace an input.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from .. import pretrained
 from ..codec.api import CodecOptions
-from ..codec.files import compress_file, decompress_file, info, is_frames_dir, read_bsq
+from ..codec.files import compress_file, compress_images, decompress_file, info, is_frames_dir, read_bsq
 from ..codec.container import FORMAT_LIMITS, Limits, read_container, short_id
 from ..codec.train_prior import load_prior_train_config, train_prior
 from ..evaluation.rd import run_rd
@@ -21,12 +23,15 @@ from ..io import InputError, is_video_path
 from .common import (
     PROG,
     add_device_arg,
+    add_folder_args,
     add_input_args,
     add_model_args,
     add_video_out_args,
+    all_or_nothing,
     check_input,
     check_output,
     check_range,
+    folder_job,
     has_default_prior,
     model_files,
     print_json,
@@ -54,6 +59,7 @@ def add_compress(sub) -> None:
     add_input_args(p)
     _add_prior_runtime_args(p)
     p.add_argument("--frames-per-chunk", type=int, default=None, metavar="N", help="video frames per chunk (default 8)")
+    add_folder_args(p)
     p.add_argument("--json", action="store_true", help="print statistics as JSON")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_compress)
@@ -77,17 +83,45 @@ def _options(args):
     return opts
 
 
+def _prior_warnings(prior, model) -> list[str]:
+    if prior is not None and prior.config.tokenizer_hash and prior.config.tokenizer_hash != model.weights_hash():
+        return ["the prior was trained on another tokenizer's tokens (decodable, but expect more bits)"]
+    return []
+
+
+def _compress_folder(args) -> int:
+    files, outs = folder_job(args, ".bsq", [*model_files(args.model), *prior_files(args.prior)])
+    opts = _options(args)
+    setup_torch(args)
+    model = resolve_model(args.model, args.device, compile=args.compile)
+    prior = resolve_prior(args.prior, model)
+    for w in _prior_warnings(prior, model):
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
+    total, pixels, t0 = 0, 0, time.perf_counter()
+    with all_or_nothing(Path(args.output), outs) as written:
+        for stats in compress_images(files, outs, model, prior, opts, batch=args.batch, amp=args.amp,
+                                     max_pixels=args.max_pixels, bits=args.bits):
+            written.append(Path(stats["output"]))
+            total, pixels = total + stats["bytes"], pixels + 8 * stats["bytes"] / stats["bpp"]
+            if args.json:
+                print(json.dumps(stats, sort_keys=True))
+    dt = time.perf_counter() - t0
+    print(f"{args.input} -> {args.output}: {len(files)} files, {total} bytes, {8 * total / pixels:.4f} bpp, "
+          f"{dt:.2f} s ({len(files) / dt:.2f} images/s, batch {args.batch})", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
 def cmd_compress(args) -> int:
+    if Path(args.input).is_dir():
+        return _compress_folder(args)
     inp = check_input(args.input)
     out = check_output(args.output, [inp, *model_files(args.model), *prior_files(args.prior)],
                             force=args.force)
     opts = _options(args)
     setup_torch(args)
-    model = resolve_model(args.model, args.device, video=is_video_path(inp))
+    model = resolve_model(args.model, args.device, video=is_video_path(inp), compile=args.compile)
     prior = resolve_prior(args.prior, model)
-    warnings = []
-    if prior is not None and prior.config.tokenizer_hash and prior.config.tokenizer_hash != model.weights_hash():
-        warnings.append("the prior was trained on another tokenizer's tokens (decodable, but expect more bits)")
+    warnings = _prior_warnings(prior, model)
     stats = compress_file(inp, out, model, prior, opts, max_frames=args.max_frames, amp=args.amp,
                           max_pixels=args.max_pixels, bits=args.bits)
     if warnings:
@@ -167,7 +201,7 @@ def cmd_decompress(args) -> int:
         raise InputError(f"{inp}: coded with a {header.coder} prior (id {header.prior_id[:12]}...); "
                               "give it with --prior DIR")
     setup_torch(args)
-    model = resolve_model(args.model, args.device, tokenizer_id=header.tokenizer_id)
+    model = resolve_model(args.model, args.device, tokenizer_id=header.tokenizer_id, compile=args.compile)
     prior = resolve_prior(args.prior, model) if header.coder != "raw" else None  # the id is checked on decode
     if prior is not None and args.prior is None:
         if short_id(prior.weights_hash()) != header.prior_id:  # not the embedded prior's file

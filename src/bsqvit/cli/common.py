@@ -12,9 +12,11 @@ overwritten.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Iterable
 
@@ -25,7 +27,8 @@ from ..extras import MissingDependency
 from ..generate.model import MaskedTokenModel
 from ..io import InputError, VideoWriter, is_video_path, one_line
 from ..io.image import MAX_PIXELS
-from ..models import load_tokenizer
+from ..models import COMPILE_MODES, load_tokenizer
+from ..models.batching import MAX_BATCH, image_folder, output_names
 from ..models.io import ModelLoadError
 
 PROG = "bsqvit"
@@ -93,6 +96,46 @@ def check_output_dir(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]
     return out
 
 
+def add_folder_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", type=int, default=8, metavar="B",
+                   help="IN a folder: same-size images per forward pass (default 8)")
+
+
+def folder_job(args, suffix: str, model_inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
+    """IN a folder of images, OUT a folder: (images, output paths, created or --force'd), refused
+    before any work when OUT is a file, holds IN, is not empty without --force, or two images would
+    share an output name. OUT may not lie inside IN (its files would be read as inputs next time)."""
+    src = Path(args.input)
+    check_range("--batch", args.batch, MAX_BATCH)
+    out = check_output_dir(args.output, [src, *model_inputs], force=args.force)
+    if src.resolve() in out.resolve().parents:
+        raise InputError(f"{out}: inside the input folder {src}; choose an output folder outside it")
+    files = image_folder(src)
+    names = output_names(files, src, suffix)
+    return files, [out / n for n in names]
+
+
+@contextlib.contextmanager
+def all_or_nothing(out: Path, outs: Iterable[Path]):
+    """Make OUT and the subfolders ``outs`` need; yield a list for the caller to append each file
+    it has written to. On any error those files, and the folders made here, are removed again, so
+    a folder job that fails half-way (a truncated image) leaves no partial output."""
+    dirs = sorted({out, *(o.parent for o in outs)}, key=lambda d: len(d.parts))
+    made = [d for d in dirs if not d.exists()]
+    for d in made:
+        d.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    try:
+        yield written
+    except BaseException:
+        for f in written:
+            f.unlink(missing_ok=True)
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+
+
 def check_kinds(inp: Path, out: Path, video: bool) -> None:
     """An image input needs an image output, a video input a video output."""
     if video and not is_video_path(out):
@@ -117,6 +160,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast for encoder/decoder")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
     add_device_arg(p)
+    add_compile_arg(p)
+
+
+def add_compile_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", default=None, metavar="MODE", choices=COMPILE_MODES,
+                   help="torch.compile the encoder and decoder (" + ", ".join(COMPILE_MODES) + "; on CUDA "
+                        "reduce-overhead replays CUDA graphs); pays off over many inputs of one size")
 
 
 def add_device_arg(p: argparse.ArgumentParser) -> None:
@@ -180,17 +230,25 @@ def default_model_dir(video: bool = False) -> Path:
     return pretrained.default_model_dir(video)
 
 
+def check_compile(mode: str | None, device: str) -> None:
+    """``--compile`` on the CPU needs a C++ compiler (inductor writes C++); fail before any work."""
+    if mode is not None and not str(device).startswith("cuda") and not any(
+            shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+        raise InputError("--compile on the CPU needs a C++ compiler (g++ or clang++) on PATH")
+
+
 def resolve_model(path_or_none: str | os.PathLike | None, device: str = "cpu", video: bool = False,
-                  tokenizer_id: str | None = None):
+                  tokenizer_id: str | None = None, compile: str | None = None):
     """The model for ``--model``: a directory written by ``save_pretrained`` (or a Hub id);
     ``None`` is an embedded default (:mod:`bsqvit.pretrained`): the one a file was made with
     (``tokenizer_id``), else the video tokenizer for videos (``video``), else the image
-    tokenizer. Moved to ``device``."""
+    tokenizer. Moved to ``device``; ``compile``: ``--compile``'s mode (None: eager)."""
+    check_compile(compile, device)
     if path_or_none is None:
         path_or_none = (pretrained.default_tokenizer_for(tokenizer_id) if tokenizer_id else None) or \
             default_model_dir(video)
-    model = load_tokenizer(str(path_or_none))
-    return model.to(device).eval()
+    model = load_tokenizer(str(path_or_none)).to(device).eval()
+    return model.compile_inference(compile) if compile is not None else model
 
 
 def model_files(path_or_none) -> list[Path]:

@@ -16,8 +16,10 @@ from ..evaluation.tokenizer import compute_reference_stats, evaluate
 from ..io import InputError, atomic_path
 from ..models import build_tokenizer, get_preset
 from .common import (
+    add_compile_arg,
     add_device_arg,
     add_model_args,
+    check_compile,
     check_output,
     check_output_dir,
     model_files,
@@ -87,7 +89,7 @@ def cmd_eval(args) -> int:
     if not Path(args.data).exists():
         raise InputError(f"{args.data}: no such file or directory")
     setup_torch(args)
-    model = resolve_model(args.model, args.device)
+    model = resolve_model(args.model, args.device, compile=args.compile)
     cfg = _eval_config(args, video=args.video, amp=args.amp, lpips=args.lpips, fid_ref=args.fid_ref,
                        fid_method=args.fid_method,
                        i3d_weights=args.i3d_weights, frames=args.frames, clips_per_video=args.clips_per_video,
@@ -138,6 +140,7 @@ def add_bench(sub) -> None:
     p.add_argument("--repeats", type=int, default=5, metavar="K", help="timed repeats (median reported)")
     p.add_argument("--warmup", type=int, default=1, metavar="W", help="untimed warm-up calls")
     add_device_arg(p)
+    add_compile_arg(p)
     p.add_argument("--json", default=None, metavar="OUT", help="write the numbers to OUT (JSON)")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.set_defaults(func=cmd_bench)
@@ -152,8 +155,9 @@ def cmd_bench(args) -> int:
         model, name = build_tokenizer(get_preset(args.preset)), f"preset {args.preset} (random weights)"
     else:
         model, name = resolve_model(args.model, args.device), str(args.model)
+    check_compile(args.compile, args.device)
     r = bench(model, resolution=args.resolution, batch=args.batch, dtype=args.dtype, frames=args.frames,
-              repeats=args.repeats, warmup=args.warmup, device=args.device, model_name=name)
+              repeats=args.repeats, warmup=args.warmup, device=args.device, model_name=name, compile=args.compile)
     if args.json:
         with atomic_path(args.json) as tmp:
             Path(tmp).write_text(json.dumps(r, indent=2) + "\n")

@@ -146,7 +146,7 @@ def cmd_generate(args) -> int:
     inputs = [check_input(f) for f in (args.inpaint, args.mask) if f]
     out = check_output_dir(args.out, [*inputs, *model_files(args.model), *model_files(args.gen)], force=args.force)
     setup_torch(args)
-    model = resolve_model(args.model, args.device)
+    model = resolve_model(args.model, args.device, compile=args.compile)
     gen = resolve_gen(args.gen, args.device)
     check_pair(model, gen)
     classes = parse_classes(gen, args.cls, args.label)

@@ -28,16 +28,20 @@ from ..metrics.pixel import psnr_from_sse
 from ..models import build_tokenizer, get_preset, preset_names
 from ..quantizers.base import bits_per_token
 from ..quantizers.leech import CODEBOOK_SIZE as LEECH_CODEBOOK_SIZE
+from ..models.batching import encode_images
 from ..models.frames import chunks, decode_frames, encode_frames, video_chunk
 from ..models.streaming import NotStreamableError, check_streamable, decode_stream, encode_stream
 from .common import (
     PROG,
+    add_folder_args,
     add_input_args,
     add_model_args,
+    all_or_nothing,
     add_video_out_args,
     check_input,
     check_kinds,
     check_output,
+    folder_job,
     model_files,
     resolve_model,
     setup_torch,
@@ -78,7 +82,7 @@ def cmd_reconstruct(args) -> int:
     out = check_output(args.output, [inp, *model_files(args.model)], force=args.force)
     check_kinds(inp, out, video)
     setup_torch(args)
-    model = resolve_model(args.model, args.device, video=video)
+    model = resolve_model(args.model, args.device, video=video, compile=args.compile)
     bits = float(model.bits_per_token)
     if args.bits is not None:
         try:
@@ -151,24 +155,28 @@ def _stream_pairs(model, frame_iter, size, args):
 
 # ---- tokenize / detokenize ------------------------------------------------------------------------
 def add_tokenize(sub) -> None:
-    p = sub.add_parser("tokenize", help="image or video -> token indices (.npz)", description=(
+    p = sub.add_parser("tokenize", help="image or video -> token indices (.npz); a folder of images -> a folder", description=(
         "Write the token indices of IN to OUT.npz (keys: indices, height, width, frames, fps, bits, "
-        "patch_size, model_hash, version)."))
+        "patch_size, model_hash, version). IN a folder of images: OUT is a folder, one .npz per image "
+        "(same relative path), same-size images encoded --batch at a time."))
     p.add_argument("input", metavar="IN")
     p.add_argument("output", metavar="OUT.npz")
     add_model_args(p)
     add_input_args(p)
+    add_folder_args(p)
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_tokenize)
 
 
 def cmd_tokenize(args) -> int:
+    if Path(args.input).is_dir():
+        return _tokenize_folder(args)
     inp, video = check_input(args.input), is_video_path(args.input)
     out = check_output(args.output, [inp, *model_files(args.model)], force=args.force)
     if is_video_path(out):
         raise InputError(f"{out}: token files are .npz archives")
     setup_torch(args)
-    model = resolve_model(args.model, args.device, video=video)
+    model = resolve_model(args.model, args.device, video=video, compile=args.compile)
     t0 = time.perf_counter()
     if not video:
         x = load_image(inp, max_pixels=args.max_pixels)
@@ -194,6 +202,25 @@ def cmd_tokenize(args) -> int:
     return 0
 
 
+def _tokenize_folder(args) -> int:
+    files, outs = folder_job(args, ".npz", model_files(args.model))
+    setup_torch(args)
+    model = resolve_model(args.model, args.device, compile=args.compile)
+    t0, n = time.perf_counter(), 0
+    bits, h = float(model.bits_per_token), model.weights_hash()
+    with all_or_nothing(Path(args.output), outs) as written:
+        for i, H, W, tokens in encode_images(model, files, batch=args.batch, amp=args.amp,
+                                             max_pixels=args.max_pixels):
+            save_tokens(outs[i], tokens, height=H, width=W, frames=0, fps=0.0, bits=bits,
+                        patch_size=model.patch_size, model_hash=h)
+            written.append(outs[i])
+            n += tokens.size
+    dt = time.perf_counter() - t0
+    print(f"{args.input} -> {args.output}: {len(files)} images, {n} tokens, {bits:g} bits each, "
+          f"{dt:.2f} s ({len(files) / dt:.2f} images/s, batch {args.batch})")
+    return 0
+
+
 def add_detokenize(sub) -> None:
     p = sub.add_parser("detokenize", help="token indices (.npz) -> image or video",
                        description="Decode a token file written by `bsqvit tokenize` with the same model.")
@@ -214,7 +241,7 @@ def cmd_detokenize(args) -> int:
     video = idx_np.ndim == 3
     check_kinds(inp, out, video)
     setup_torch(args)
-    model = resolve_model(args.model, args.device, tokenizer_id=tok["model_hash"])
+    model = resolve_model(args.model, args.device, tokenizer_id=tok["model_hash"], compile=args.compile)
     if tok["patch_size"] != model.patch_size or abs(tok["bits"] - float(model.bits_per_token)) > 1e-9:
         raise InputError(f"{inp}: tokens are for patch {tok['patch_size']} / {tok['bits']:g} bits, the model has "
                          f"patch {model.patch_size} / {float(model.bits_per_token):g} bits")

@@ -12,7 +12,7 @@ The format and the determinism design are described in ``docs/CODEC.md``.
 """
 
 from .api import CodecOptions, CompressResult, compress, decode_tokens, decompress, encode_tokens
-from .files import compress_file, decompress_file, info
+from .files import compress_file, compress_images, decompress_file, info
 from .container import BSQFormatError, Header, Limits
 from .prior import PriorConfig, TokenPrior, pass_map, tile_layout
 
@@ -26,6 +26,7 @@ __all__ = [
     "TokenPrior",
     "compress",
     "compress_file",
+    "compress_images",
     "decode_tokens",
     "decompress",
     "decompress_file",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from ..io import (
 )
 from ..io.image import MAX_PIXELS
 from ..models.frames import chunks as frame_chunks
+from ..models.batching import encode_images
 from ..models.frames import encode_frames
 from .api import (
     CodecOptions,
@@ -87,6 +89,29 @@ def compress_file(inp, out, model, prior=None, options: CodecOptions | None = No
     stats["media"] = header.media
     stats["frames"] = header.frames
     return stats
+
+
+def compress_images(files, outs, model, prior=None, options: CodecOptions | None = None, batch: int = 8,
+                    amp: bool = False, max_pixels: int | None = MAX_PIXELS, bits: int | None = None) -> Iterator[dict]:
+    """Many image files -> one ``.bsq`` file each (``outs[i]`` for ``files[i]``, written
+    atomically), the tokenizer running ``batch`` same-size images per forward pass
+    (:func:`~bsqvit.models.batching.encode_images`); the prior codes each file on its own, so every
+    file is the one ``compress_file`` writes from the same tokens. Yields each file's statistics
+    with its ``input`` and ``output``, in the order the batches finish."""
+    opts = options or CodecOptions()
+    base_header(model, "image", 1, 1, 1, 0.0, prior, opts, bits=bits)  # refuses a bad rate before any work
+    t0 = time.perf_counter()
+    for i, H, W, tokens in encode_images(model, files, batch=batch, amp=amp, bits=bits, max_pixels=max_pixels):
+        t1 = time.perf_counter()
+        header = base_header(model, "image", H, W, 1, 0.0, prior, opts, bits=bits)
+        data, info = encode_tokens(to_file_tokens(tokens[None], model, header.bits), header, prior, opts)
+        with atomic_path(outs[i]) as tmp:
+            Path(tmp).write_bytes(data)
+        t2 = time.perf_counter()
+        stats = summarize(data, header, info, t2 - t0)
+        stats.update(seconds_tokenizer=t1 - t0, media="image", frames=1, input=str(files[i]), output=str(outs[i]))
+        t0 = t2
+        yield stats
 
 
 def is_frames_dir(out: str | os.PathLike) -> bool:

@@ -120,17 +120,26 @@ def _stage(t: dict, flops_per_item: float, batch: int, T: int, gemm: dict) -> di
 
 @torch.no_grad()
 def bench(model, resolution: int | None = None, batch: int = 1, dtype: str = "fp32", frames: int | None = None,
-          repeats: int = 5, warmup: int = 1, device: str = "cpu", seed: int = 0, model_name: str = "") -> dict:
-    """Benchmark ``model``; returns a dict (see :func:`format_bench`)."""
+          repeats: int = 5, warmup: int = 1, device: str = "cpu", seed: int = 0, model_name: str = "",
+          compile: str | None = None) -> dict:
+    """Benchmark ``model``; returns a dict (see :func:`format_bench`). ``compile``: a mode of
+    :meth:`~bsqvit.models.Tokenizer.compile_inference` (the first encode and decode, which
+    compile, are timed as ``compile_s`` and not counted)."""
     cfg = model.config
     R, T = _check_args(cfg, resolution, batch, dtype, frames, repeats, warmup)
     dev = torch.device(device)
     model = model.to(dev).eval()
+    if compile is not None:
+        model.compile_inference(compile)
     amp = dtype == "bf16"
     g = torch.Generator().manual_seed(seed)
     shape = (batch, 3, R, R) if cfg.num_frames == 1 else (batch, 3, T, R, R)
     x = (torch.rand(shape, generator=g) * 2 - 1).to(dev)
+    t0 = time.perf_counter()
     idx = model.encode(x, amp=amp)
+    model.decode(idx, size=(R, R), amp=amp)
+    _sync(dev)
+    first_s = time.perf_counter() - t0
 
     t_enc = time_call(lambda: model.encode(x, amp=amp), repeats, warmup, device=dev)
     t_dec = time_call(lambda: model.decode(idx, size=(R, R), amp=amp), repeats, warmup, device=dev)
@@ -155,6 +164,8 @@ def bench(model, resolution: int | None = None, batch: int = 1, dtype: str = "fp
         "tokens_per_batch": tokens,
         "dtype": dtype,
         "amp": amp,
+        "compile": compile,
+        "compile_s" if compile is not None else "first_call_s": first_s,
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
         "threads": torch.get_num_threads(),
@@ -180,7 +191,8 @@ def format_bench(r: dict) -> str:
     unit = "clips/s" if c["num_frames"] > 1 else "images/s"
     lines = [
         f"## bsqvit bench: {r['model'] or 'model'} ({r['parameters']:,} parameters), {what}, batch {r['batch']}, "
-        f"{r['dtype']}{' (autocast)' if r['amp'] else ''}",
+        f"{r['dtype']}{' (autocast)' if r['amp'] else ''}"
+        + (f", torch.compile {r['compile']} ({r['compile_s']:.1f} s to compile)" if r.get("compile") else ""),
         "",
         f"{r['device_name']} ({r['device']}), {r['threads']} threads, torch {r['torch']}; median of {r['repeats']} "
         f"after {r['warmup']} warm-up call(s).",

@@ -61,6 +61,7 @@ class BSQViT(
 
     config_class = BSQViTConfig
     arch = "vit"
+    _NETWORKS = ("encoder", "decoder", "decoder.head")  # the head runs outside the decoder's forward
 
     def __init__(self, config: BSQViTConfig | dict | None = None, **overrides):
         super().__init__(config, **overrides)

@@ -33,6 +33,9 @@ from . import presets
 from .config import VIT_ONLY, BSQViTConfig, config_dict
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class TokenizerOutput:
     reconstruction: Tensor  # same shape as the input, clamped to [-1, 1]
@@ -52,6 +55,8 @@ class Tokenizer(PretrainedModule, abc.ABC):
     arch: ClassVar[str] = ""
     # config fields that do not change what the weights compute (left out of weights_hash)
     _HASH_IGNORED = ("grad_checkpointing",)
+    # the networks compile_inference compiles (submodule names; the quantizer stays eager)
+    _NETWORKS: ClassVar[tuple[str, ...]] = ("encoder", "decoder")
 
     def __init__(self, config: BSQViTConfig | dict | None = None, **overrides):
         if self.arch != "vit" and "arch" not in overrides and (config is None or isinstance(config, dict) and "arch" not in config):
@@ -73,6 +78,25 @@ class Tokenizer(PretrainedModule, abc.ABC):
         leaves out the ViT-only fields, which it does not read."""
         ignored = set(self._HASH_IGNORED) | (set(VIT_ONLY) if self.config.arch != "vit" else set())
         return weights_hash(self, {k: v for k, v in self.config_dict().items() if k not in ignored})
+
+    def compile_inference(self, mode: str = "default", dynamic: bool | None = None) -> "Tokenizer":
+        """``torch.compile`` the encoder and decoder networks in place, for inference throughput;
+        returns ``self``, in eval mode.
+
+        ``mode``: one of :data:`COMPILE_MODES`; on CUDA ``"reduce-overhead"`` replays CUDA graphs
+        and ``"max-autotune"`` also searches GEMM kernels. Each new input shape compiles once more
+        (``dynamic=None``: a second shape compiles a shape-generic graph), so it pays off for many
+        inputs of one size: ``eval``, ``bench``, video chunks, batches. Names and values of the
+        parameters do not change (``state_dict``, ``save_pretrained`` and ``weights_hash`` are
+        those of the eager model). Tokens equal the eager model's up to float rounding at exact
+        ties of the quantizer, as between devices; ``.bsq`` bits do not depend on it.
+        """
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+        self.eval()
+        for name in self._NETWORKS:
+            self.get_submodule(name).compile(mode=mode, dynamic=dynamic)
+        return self
 
     # ---- provided by the architecture (abstract: a subclass missing one fails when built) ---------
     @abc.abstractmethod
