@@ -182,6 +182,8 @@ def test_cli_folder_errors_are_one_line_and_write_nothing(capsys, folder, tmp_pa
         (["tokenize", folder, tmp_path / "o4", "--batch", "0", *m], "--batch must be in 1..1024"),
         (["compress", folder, tmp_path / "o5", "--batch", "2000", *m], "--batch must be in 1..1024"),
         (["tokenize", bad, tmp_path / "o6", *m], "broken.png"),
+        (["tokenize", folder, tmp_path / "o9.npz", *m], "OUT must be a folder too"),
+        (["compress", folder, tmp_path / "o10.bsq", *m], "OUT must be a folder too"),
         (["tokenize", trunc, tmp_path / "o7", "--batch", "1", *m], "b.png: corrupt or truncated"),
         (["compress", trunc, tmp_path / "o8", "--batch", "1", *m], "b.png: corrupt or truncated"),
     ]
@@ -190,7 +192,7 @@ def test_cli_folder_errors_are_one_line_and_write_nothing(capsys, folder, tmp_pa
         lines = err.strip().splitlines()
         assert rc == 2 and len(lines) == 1 and lines[0].startswith("bsqvit: error: "), (argv, err)
         assert msg in err, (argv, err)
-    for o in ("o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8"):
+    for o in ("o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9.npz", "o10.bsq"):
         assert not (tmp_path / o).exists(), o
     assert not (folder / "sub" / "out").exists()
     assert a_file.read_text() == "x"

@@ -107,6 +107,8 @@ def folder_job(args, suffix: str, model_inputs: Iterable[str | os.PathLike]) -> 
     share an output name. OUT may not lie inside IN (its files would be read as inputs next time)."""
     src = Path(args.input)
     check_range("--batch", args.batch, MAX_BATCH)
+    if Path(args.output).suffix.lower() == suffix:
+        raise InputError(f"{args.input} is a folder: OUT must be a folder too, not a {suffix} file")
     out = check_output_dir(args.output, [src, *model_inputs], force=args.force)
     if src.resolve() in out.resolve().parents:
         raise InputError(f"{out}: inside the input folder {src}; choose an output folder outside it")
