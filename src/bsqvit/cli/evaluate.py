@@ -150,12 +150,12 @@ def cmd_bench(args) -> int:
     if args.json:
         check_output(args.json, model_files(args.model), force=args.force)
     setup_torch(args)
+    check_compile(args.compile, args.device)  # before any model is built
     if args.preset:
         torch.manual_seed(0)
         model, name = build_tokenizer(get_preset(args.preset)), f"preset {args.preset} (random weights)"
     else:
         model, name = resolve_model(args.model, args.device), str(args.model)
-    check_compile(args.compile, args.device)
     r = bench(model, resolution=args.resolution, batch=args.batch, dtype=args.dtype, frames=args.frames,
               repeats=args.repeats, warmup=args.warmup, device=args.device, model_name=name, compile=args.compile)
     if args.json:

@@ -79,15 +79,18 @@ def compress_file(inp, out, model, prior=None, options: CodecOptions | None = No
         H, W = x.shape[-2:]
         header = base_header(model, "image", H, W, 1, 0.0, prior, opts, bits=bits)
         tokens = tokenize(model, x, amp=amp, bits=bits)
+    return _code_and_write(tokens, header, model, prior, opts, out, t0)
+
+
+def _code_and_write(tokens: np.ndarray, header: Header, model, prior, opts: CodecOptions, out, t0: float) -> dict:
+    """Tokens (T, h, w) -> the ``.bsq`` file ``out`` (atomically); its statistics, timed from ``t0``."""
     tokens = to_file_tokens(tokens, model, header.bits)
     t1 = time.perf_counter()
     data, info = encode_tokens(tokens, header, prior, opts)
     with atomic_path(out) as tmp:
         Path(tmp).write_bytes(data)
     stats = summarize(data, header, info, time.perf_counter() - t0)
-    stats["seconds_tokenizer"] = t1 - t0
-    stats["media"] = header.media
-    stats["frames"] = header.frames
+    stats.update(seconds_tokenizer=t1 - t0, media=header.media, frames=header.frames)
     return stats
 
 
@@ -102,15 +105,10 @@ def compress_images(files, outs, model, prior=None, options: CodecOptions | None
     base_header(model, "image", 1, 1, 1, 0.0, prior, opts, bits=bits)  # refuses a bad rate before any work
     t0 = time.perf_counter()
     for i, H, W, tokens in encode_images(model, files, batch=batch, amp=amp, bits=bits, max_pixels=max_pixels):
-        t1 = time.perf_counter()
         header = base_header(model, "image", H, W, 1, 0.0, prior, opts, bits=bits)
-        data, info = encode_tokens(to_file_tokens(tokens[None], model, header.bits), header, prior, opts)
-        with atomic_path(outs[i]) as tmp:
-            Path(tmp).write_bytes(data)
-        t2 = time.perf_counter()
-        stats = summarize(data, header, info, t2 - t0)
-        stats.update(seconds_tokenizer=t1 - t0, media="image", frames=1, input=str(files[i]), output=str(outs[i]))
-        t0 = t2
+        stats = _code_and_write(tokens[None], header, model, prior, opts, outs[i], t0)
+        stats.update(input=str(files[i]), output=str(outs[i]))
+        t0 = time.perf_counter()
         yield stats
 
 

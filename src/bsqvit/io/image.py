@@ -20,6 +20,8 @@ Pillow's own decompression-bomb warning is silenced: this limit is the one that 
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import warnings
 from pathlib import Path
@@ -144,29 +146,48 @@ def open_checked(src, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     return img
 
 
-def load_image(src, max_pixels: int | None = MAX_PIXELS, formats: tuple[str, ...] | None = None) -> torch.Tensor:
-    """Read an image -> float32 tensor (3, H, W) in [-1, 1]. ``src``: a path, or a binary file
-    object (its ``name``, when it has one, names it in messages). Raises :class:`InputError`:
-    missing, not an image, a Pillow format outside ``formats`` (None: any), over ``max_pixels``
-    (checked from the header, before decoding), corrupt or empty."""
-    if isinstance(src, (str, os.PathLike)):
-        src = name = Path(src)
-        if not src.is_file():
-            raise InputError(f"{src}: no such file" if not src.exists() else f"{src}: not a regular file")
-    else:
-        name = getattr(src, "name", "image")
+@contextlib.contextmanager
+def _read_errors(name):
+    """Pillow's and the decoder's exceptions while reading ``name`` -> one-line :class:`InputError`."""
     try:
-        with open_checked(src, max_pixels) as img:
-            if formats is not None and img.format not in formats:
-                raise InputError(f"{name}: {img.format} images are not accepted (use {', '.join(formats)})")
-            img.load()
-            rgb = to_rgb01(ImageOps.exif_transpose(img))
+        yield
     except InputError:
         raise
     except UnidentifiedImageError:
         raise InputError(f"{name}: not an image (not a format Pillow reads)") from None
     except (Image.DecompressionBombError, OSError, ValueError, SyntaxError, EOFError) as e:
         raise InputError(f"{name}: corrupt or truncated image ({one_line(e)})") from None
+
+
+def _checked_path(src: str | os.PathLike) -> Path:
+    src = Path(src)
+    if not src.is_file():
+        raise InputError(f"{src}: no such file" if not src.exists() else f"{src}: not a regular file")
+    return src
+
+
+def image_size(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) from an image file's header (nothing decoded), with :func:`load_image`'s
+    errors and ``max_pixels`` check. EXIF rotation is not applied."""
+    path = _checked_path(path)
+    with _read_errors(path), open_checked(path, max_pixels) as img:
+        return img.size
+
+
+def load_image(src, max_pixels: int | None = MAX_PIXELS, formats: tuple[str, ...] | None = None) -> torch.Tensor:
+    """Read an image -> float32 tensor (3, H, W) in [-1, 1]. ``src``: a path, or a binary file
+    object (its ``name``, when it has one, names it in messages). Raises :class:`InputError`:
+    missing, not an image, a Pillow format outside ``formats`` (None: any), over ``max_pixels``
+    (checked from the header, before decoding), corrupt or empty."""
+    if isinstance(src, (str, os.PathLike)):
+        src = name = _checked_path(src)
+    else:
+        name = getattr(src, "name", "image")
+    with _read_errors(name), open_checked(src, max_pixels) as img:
+        if formats is not None and img.format not in formats:
+            raise InputError(f"{name}: {img.format} images are not accepted (use {', '.join(formats)})")
+        img.load()
+        rgb = to_rgb01(ImageOps.exif_transpose(img))
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise InputError(f"{name}: empty image")
     t = torch.from_numpy(np.ascontiguousarray(rgb)).movedim(-1, 0)

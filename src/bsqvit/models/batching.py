@@ -19,7 +19,7 @@ import torch
 
 from ..data.images import find_images
 from ..io import InputError, load_image
-from ..io.image import MAX_PIXELS, open_checked
+from ..io.image import MAX_PIXELS, image_size
 
 __all__ = ["encode_images", "image_folder", "output_names"]
 
@@ -49,14 +49,7 @@ def output_names(files: Sequence[Path], root: Path, suffix: str) -> list[Path]:
 def _groups_by_size(files: Sequence[Path], max_pixels: int | None) -> dict[tuple[int, int], list[int]]:
     groups: dict[tuple[int, int], list[int]] = {}
     for i, f in enumerate(files):
-        try:
-            with open_checked(f, max_pixels) as img:
-                size = img.size
-        except InputError:
-            raise
-        except (OSError, ValueError, SyntaxError) as e:
-            raise InputError(f"{f}: not a readable image ({e})") from None
-        groups.setdefault(size, []).append(i)
+        groups.setdefault(image_size(f, max_pixels), []).append(i)
     return groups
 
 
