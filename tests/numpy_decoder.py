@@ -49,11 +49,11 @@ def parse_header(data: bytes) -> tuple[dict, int]:
     ext_len = struct.unpack_from("<H", data, 8 + BODY.size)[0]
     require(body_len == BODY.size + 2 + ext_len, "bad extension length")
     h["ext"] = parse_ext(data[8 + BODY.size + 2 : 8 + body_len]) if ext_len else {}
-    require(h["flags"] & ~1 == 0, "unknown flags")
+    require(h["flags"] & ~3 == 0, "unknown flags")
     for key, names in ENUMS.items():
         require(h[key] < len(names), f"unknown {key} code")
         h[key] = names[h[key]]
-    h.update(version=(major, minor), header_crc=crc, video_cond=bool(h["flags"] & 1))
+    h.update(version=(major, minor), header_crc=crc, video_cond=bool(h["flags"] & 1), skip_map=bool(h["flags"] & 2))
     h["grid"] = (-(-h["height"] // h["patch_size"]), -(-h["width"] // h["patch_size"])) if h["patch_size"] else (0, 0)
     check_header(h)
     return h, 8 + body_len + 4
@@ -97,6 +97,7 @@ def check_header(h: dict) -> None:
     require(1 <= g <= 16 and h["bits"] % g == 0, "group bits")
     require(1 <= h["tile_h"] <= 1024 and 1 <= h["tile_w"] <= 1024 and h["tile_h"] * h["tile_w"] <= 8192, "tile")
     require(8 <= h["prob_bits"] <= 24 and h["prob_bits"] >= g + 2, "probability bits")
+    require(not h["flags"] & 2 or (h["coder"] == "ar" and h["flags"] & 1 and h["media"] == "video"), "skip maps")
     if h["coder"] == "parallel":
         require(h["schedule"] != "none" and 1 <= h["passes"] <= 64, "parallel schedule")
     else:
@@ -184,7 +185,27 @@ class ChunkDecoder:
             groups[:, k] = self.coder.decode(self.family, f.astype(np.float64))
         return sum(groups[:, k] << (pr.g * (pr.G - 1 - k)) for k in range(pr.G))
 
-    def ar(self, h: int, w: int, prev: np.ndarray | None) -> np.ndarray:
+    def skip_map(self, h: int, w: int, prev_skip: np.ndarray | None) -> np.ndarray:
+        """Section 5.5: the frame's map of tokens equal to the previous frame's."""
+        P = 1 << self.P
+        counts, out = [[1, 1] for _ in range(8)], np.zeros((h, w), bool)
+        for r in range(h):
+            for c in range(w):
+                ctx = int(c > 0 and out[r, c - 1]) + 2 * int(r > 0 and out[r - 1, c])
+                ctx += 4 * int(prev_skip is not None and prev_skip[r, c])
+                n0, n1 = counts[ctx]
+                f1 = min(max(n1 * P // (n0 + n1), 1), P - 1)
+                f = np.array([[P - f1, f1]], np.int64)
+                if self.on_freqs is not None:
+                    self.on_freqs(f)
+                bit = int(self.coder.decode(self.family, f.astype(np.float64))[0])
+                out[r, c] = bit == 1
+                counts[ctx][bit] += 1
+                if sum(counts[ctx]) > 1024:
+                    counts[ctx] = [(n0 + 1) // 2 for n0 in counts[ctx]]
+        return out
+
+    def ar(self, h: int, w: int, prev: np.ndarray | None, skip: np.ndarray | None = None) -> np.ndarray:
         pr = self.prior
         tiles = tiles_of(h, w, pr.config["tile"])
         conds = [pr.condition(None if prev is None else prev[a : a + r, b : b + q], r, q) for a, b, r, q in tiles]
@@ -201,9 +222,14 @@ class ChunkDecoder:
                 for blk, cache in zip(pr.blocks, caches[n]):
                     x = pr.block(blk, x, cache, t)
                 feats.append(pr.ln_f(x)[0])
-            for n, tok in zip(live, self.tokens(np.stack(feats))):
-                a, b, r, q = tiles[n]
-                out[a + t // q, b + t % q] = last[n] = tok
+            at = [(tiles[n][0] + t // tiles[n][3], tiles[n][1] + t % tiles[n][3]) for n in live]
+            coded = [i for i, rc in enumerate(at) if skip is None or not skip[rc]]
+            toks = [prev[rc] if skip is not None else 0 for rc in at]
+            if coded:
+                for i, tok in zip(coded, self.tokens(np.stack([feats[i] for i in coded]))):
+                    toks[i] = tok
+            for n, rc, tok in zip(live, at, toks):
+                out[rc] = last[n] = tok
         return out
 
     def parallel(self, h: int, w: int, prev: np.ndarray | None) -> np.ndarray:
@@ -260,7 +286,7 @@ def decode_file(data: bytes, prior=None, on_freqs=None) -> tuple[dict, np.ndarra
         prior = prior if isinstance(prior, Prior) else Prior(prior)
         check_prior(h, prior)
         prior = prior.at_rate(h["bits"])
-    frames, last, F = [], None, h["frames_per_chunk"]
+    frames, last, before, F = [], None, None, h["frames_per_chunk"]
     for i, (payload, tcrc) in enumerate(chunks):
         n = min(F, h["frames"] - i * F)
         if h["coder"] == "raw":
@@ -270,12 +296,16 @@ def decode_file(data: bytes, prior=None, on_freqs=None) -> tuple[dict, np.ndarra
             step = dec.ar if h["coder"] == "ar" else dec.parallel
             block = []
             for _ in range(n):
-                last = step(gh, gw, last if h["video_cond"] else None)
-                block.append(last)
+                if h["skip_map"] and last is not None:  # section 5.5
+                    skip = dec.skip_map(gh, gw, None if before is None else last == before)
+                    frame = dec.ar(gh, gw, last, skip)
+                else:
+                    frame = step(gh, gw, last if h["video_cond"] else None)
+                before, last = last, frame
+                block.append(frame)
             block = np.stack(block)
         require(zlib.crc32(block.astype("<i8").tobytes()) == tcrc, f"chunk {i}: tokens CRC mismatch")
         frames.append(block)
-        last = block[-1]
     tokens = np.concatenate(frames)
     require(hashlib.sha256(tokens.astype("<i8").tobytes()).digest()[:16] == h["tokens_digest"], "tokens digest")
     return h, tokens

@@ -59,6 +59,7 @@ def add_compress(sub) -> None:
     add_input_args(p)
     _add_prior_runtime_args(p)
     p.add_argument("--frames-per-chunk", type=int, default=None, metavar="N", help="video frames per chunk (default 8)")
+    _add_copy_arg(p)
     add_folder_args(p)
     p.add_argument("--json", action="store_true", help="print statistics as JSON")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
@@ -72,11 +73,24 @@ def _add_prior_runtime_args(p) -> None:
                    help="prior tiles evaluated together, 1..256 (speed and memory only; default 32 for ar, 8 for parallel)")
 
 
+def _add_copy_arg(p) -> None:
+    p.add_argument("--temporal-copy", type=float, default=None, metavar="TAU",
+                   help="video: send the previous frame's token where that costs at most TAU of squared latent "
+                        "distance (0..4; 0 = plain tokens; encoder only). Default: the threshold the prior was "
+                        "trained for (docs/CODEC.md)")
+
+
+def _copy_threshold(value: float | None) -> float | None:
+    if value is not None and not (0.0 <= value <= 4.0):  # also rejects nan
+        raise InputError(f"--temporal-copy must be in [0, 4], got {value}")
+    return value
+
+
 def _options(args):
     check_range("--prior-threads", args.prior_threads, 255)
     check_range("--tile-batch", args.tile_batch, 256)
     check_range("--frames-per-chunk", getattr(args, "frames_per_chunk", None), 4096)
-    opts = CodecOptions()
+    opts = CodecOptions(temporal_copy=_copy_threshold(getattr(args, "temporal_copy", None)))
     for name in ("prior_threads", "tile_batch", "frames_per_chunk"):
         if getattr(args, name, None) is not None:
             setattr(opts, name, getattr(args, name))
@@ -276,6 +290,7 @@ def add_rd(sub) -> None:
     add_device_arg(p)
     p.add_argument("--bits", default=None, metavar="L1,L2,...",
                    help="rates of nested-bits models to code, one point each (default: all of their levels)")
+    _add_copy_arg(p)
     p.add_argument("--json", default=None, metavar="OUT.json")
     p.add_argument("--markdown", default=None, metavar="OUT.md")
     p.add_argument("--plot", default=None, metavar="OUT.png")
@@ -298,6 +313,7 @@ def _int_list(flag: str, text: str | None) -> list[int] | None:
 def cmd_rd(args) -> int:
     check_range("--limit", args.limit, 1 << 30)
     rates = _int_list("--bits", args.bits)
+    copy = _copy_threshold(args.temporal_copy)
     setup_torch(args)
     for path in (args.json, args.markdown, args.plot):
         if path:
@@ -311,7 +327,7 @@ def cmd_rd(args) -> int:
     report = run_rd(args.data, models=models, priors=priors, video=args.video, limit=args.limit,
                     max_frames=args.max_frames, codecs=args.codecs.split(",") if args.codecs else None,
                     lpips=not args.no_lpips, json_out=args.json, md_out=args.markdown, plot_out=args.plot,
-                    device=args.device, progress=True, rates=rates)
+                    device=args.device, progress=True, rates=rates, temporal_copy=copy)
     print(report["markdown"])
     return 0
 

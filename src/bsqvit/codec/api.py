@@ -50,6 +50,7 @@ from .container import (
     write_container,
 )
 from .intprior import ARITHMETIC
+from .temporal import check_threshold, copy_video, video_latents
 
 DEFAULT_FRAMES_PER_CHUNK = 8
 RAW_SLICE = 1024  # raw tokens unpacked at a time (a multiple of 8: every slice starts on a byte)
@@ -66,6 +67,9 @@ class CodecOptions:
     tile_batch: int | None = None  # None: DEFAULT_TILE_BATCH of the prior's kind
     prob_bits: int = DEFAULT_PROB_BITS
     frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK
+    # videos, encoder only: the temporal copy threshold (codec/temporal.py); None: the one the
+    # prior was trained for (0 without a video prior). The decoder needs nothing.
+    temporal_copy: float | None = None
 
 
 @dataclass
@@ -145,6 +149,7 @@ def base_header(model, media: str, H: int, W: int, T: int, fps: float, prior, op
         h.arithmetic = ARITHMETIC
         h.prob_bits = opts.prob_bits
         h.video_cond = bool(c.video)
+        h.skip_map = bool(c.video and c.temporal_copy) and media == "video"
     return h
 
 
@@ -174,7 +179,8 @@ def encode_tokens(tokens: np.ndarray, header: Header, prior=None,
                 for i in range(n):
                     f = start + i
                     prev = tokens[f - 1] if (header.video_cond and f > 0) else None
-                    code_frame(engine, coder, gh, gw, block[i], prev, opts.tile_batch)
+                    code_frame(engine, coder, gh, gw, block[i], prev, opts.tile_batch, header.skip_map,
+                               _skips(tokens[f - 1], tokens[f - 2]) if f > 1 else None)
             payload = coder.finish()
             stats.add(coder.stats)
         chunks.append((payload, tokens_crc(block)))
@@ -198,6 +204,11 @@ def encode_tokens(tokens: np.ndarray, header: Header, prior=None,
     return data, info
 
 
+def _skips(frame: np.ndarray, prev: np.ndarray) -> np.ndarray:
+    """The skip map of ``frame``: its tokens equal to the previous frame's (the context of the next map)."""
+    return frame == prev
+
+
 def iter_decode_tokens(header: Header, chunks, prior=None, options: CodecOptions | None = None) -> Iterator[np.ndarray]:
     """Yield the token frames of every chunk ((n, h, w) int64), each checked against its CRC; the
     digest of all tokens is checked after the last chunk."""
@@ -205,7 +216,7 @@ def iter_decode_tokens(header: Header, chunks, prior=None, options: CodecOptions
     gh, gw = header.grid
     engine = _engine(prior, header) if header.coder != "raw" else None
     digest = hashlib.sha256()
-    last = None
+    last = before = None  # the previous two frames
     for ci, ((payload, tcrc), n) in enumerate(zip(chunks, header.chunk_frame_counts())):
         try:
             if header.coder == "raw":
@@ -216,8 +227,10 @@ def iter_decode_tokens(header: Header, chunks, prior=None, options: CodecOptions
                 with prior_threads(opts.prior_threads):
                     for _ in range(n):
                         prev = last if header.video_cond else None
-                        last = code_frame(engine, coder, gh, gw, None, prev, opts.tile_batch)
-                        frames.append(last)
+                        frame = code_frame(engine, coder, gh, gw, None, prev, opts.tile_batch, header.skip_map,
+                                           _skips(last, before) if before is not None else None)
+                        before, last = last, frame
+                        frames.append(frame)
                 block = np.stack(frames)
         except DecodeError as e:
             raise BSQFormatError(f"chunk {ci}: {e} (file corrupt or decoded with other weights or numerics)") from None
@@ -225,7 +238,7 @@ def iter_decode_tokens(header: Header, chunks, prior=None, options: CodecOptions
             raise BSQFormatError(
                 f"chunk {ci}: decoded tokens fail their CRC (the decoder drifted from the encoder: other prior "
                 f"weights, or a platform/library whose arithmetic differs)")
-        last = block[-1]
+        before, last = (block[-2] if n > 1 else last), block[-1]
         digest.update(np.ascontiguousarray(block, dtype="<i8").tobytes())
         if ci == len(chunks) - 1 and digest.digest()[:16].hex() != header.tokens_digest:
             raise BSQFormatError("decoded tokens do not match the file's token digest (corrupt file)")
@@ -295,15 +308,29 @@ def decode_tokens(data: bytes, prior=None, limits: Limits | None = None,
 
 
 # ---- tensors ------------------------------------------------------------------------------------------
-def tokenize(model, x: torch.Tensor, amp: bool = False, bits: int | None = None) -> np.ndarray:
+def tokenize(model, x: torch.Tensor, amp: bool = False, bits: int | None = None,
+             temporal_copy: float = 0.0) -> np.ndarray:
     """(3, H, W) -> (1, h, w); (3, T, H, W) -> (T, h, w): the calls of ``bsqvit reconstruct``.
-    ``bits``: the rate of a nested-bits model (full-width indices, dropped bits 0)."""
+    ``bits``: the rate of a nested-bits model (full-width indices, dropped bits 0).
+    ``temporal_copy``: videos, the encoder's copy threshold (:mod:`.temporal`; 0: plain tokens)."""
     x = x.to(model.device)
     if x.ndim == 3:
         return model.encode(x[None], amp=amp, **({} if bits is None else {"bits": bits}))[0].cpu().numpy()[None]
     n = _chunk_frames(model)
+    if temporal_copy:
+        return copy_video(video_latents(model, x, amp=amp), model.quantizer.dim, bits, temporal_copy).cpu().numpy()
     return np.concatenate([encode_frames(model, x[:, s : s + n], amp=amp, bits=bits).cpu().numpy()
                            for s in range(0, x.shape[1], n)])
+
+
+def temporal_copy_of(options: CodecOptions | None, prior, media: str) -> float:
+    """The copy threshold a compression uses: the option, else the video prior's own (0 for images)."""
+    t = (options or CodecOptions()).temporal_copy
+    if media != "video":
+        return 0.0
+    if t is None:
+        return float(getattr(getattr(prior, "config", None), "temporal_copy", 0.0) or 0.0)
+    return check_threshold(t)
 
 
 def compress(x: torch.Tensor, model, prior=None, fps: float = 25.0, options: CodecOptions | None = None,
@@ -317,11 +344,14 @@ def compress(x: torch.Tensor, model, prior=None, fps: float = 25.0, options: Cod
     H, W = x.shape[-2:]
     T = 1 if media == "image" else x.shape[1]
     header = base_header(model, media, H, W, T, fps, prior, options or CodecOptions(), bits=bits)
-    tokens = to_file_tokens(tokenize(model, x, amp=amp, bits=bits), model, header.bits)
+    copy = temporal_copy_of(options, prior, media)
+    tokens = to_file_tokens(tokenize(model, x, amp=amp, bits=bits, temporal_copy=copy), model, header.bits)
     t1 = time.perf_counter()
     data, info = encode_tokens(tokens, header, prior, options)
     stats = summarize(data, header, info, time.perf_counter() - t0)
     stats["seconds_tokenizer"] = t1 - t0
+    if copy:
+        stats["temporal_copy"] = copy
     return CompressResult(data, header, stats)
 
 

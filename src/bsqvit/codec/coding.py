@@ -183,12 +183,42 @@ def _code_groups(prior, coder: SymbolCoder, feats: torch.Tensor, want: np.ndarra
     return join_groups(groups, c.bits, c.group_bits)
 
 
+# ---- skip maps (docs/FORMAT.md section 5.5) -------------------------------------------------------------
+SKIP_CONTEXTS = 8  # left, up, and the previous frame's flag at the same position
+SKIP_RESCALE = 1 << 10  # counts are halved (rounding up) when a context's total passes this
+
+
+def code_skip_map(coder: SymbolCoder, h: int, w: int, skip: np.ndarray | None,
+                  prev_skip: np.ndarray | None) -> np.ndarray:
+    """Encode (``skip`` given) or decode the (h, w) bool map of the tokens that equal the previous
+    frame's, in raster order, with an adaptive binary model in integer arithmetic: context
+    ``left + 2 up + 4 prev_skip`` (0 outside the grid; ``prev_skip`` None: all 0), counts starting
+    at (1, 1), ``f1 = clamp(n1 * 2^P // (n0 + n1), 1, 2^P - 1)``, ``f0 = 2^P - f1``."""
+    P = 1 << coder.prob_bits
+    counts = np.ones((SKIP_CONTEXTS, 2), np.int64)
+    out = np.zeros((h, w), bool)
+    ps = np.zeros((h, w), bool) if prev_skip is None else prev_skip
+    for r in range(h):
+        for c in range(w):
+            ctx = int(c > 0 and out[r, c - 1]) + 2 * int(r > 0 and out[r - 1, c]) + 4 * int(ps[r, c])
+            n0, n1 = counts[ctx]
+            f1 = min(max(int(n1) * P // int(n0 + n1), 1), P - 1)
+            f = torch.tensor([[P - f1, f1]], dtype=torch.int64)
+            bit = int(coder.code(f, f, None if skip is None else np.array([int(skip[r, c])]))[0])
+            out[r, c] = bool(bit)
+            counts[ctx, bit] += 1
+            if counts[ctx].sum() > SKIP_RESCALE:
+                counts[ctx] = (counts[ctx] + 1) // 2
+    return out
+
+
 def code_frame_ar(prior, coder: SymbolCoder, h: int, w: int, tokens: np.ndarray | None,
-                  prev: np.ndarray | None, tile_batch: int) -> np.ndarray:
+                  prev: np.ndarray | None, tile_batch: int, skip: np.ndarray | None = None) -> np.ndarray:
     """Encode (``tokens`` given) or decode one (h, w) frame with an ``ar`` prior; returns the tokens.
 
     All tiles advance in lockstep, one raster position per step (a tile that is done computes on
-    placeholders whose outputs are never coded).
+    placeholders whose outputs are never coded). ``skip`` (h, w) bool: positions whose token is
+    the previous frame's, known to the decoder from the skip map and not coded.
     """
     c = prior.config
     batches = _tile_batches(h, w, c.tile, tile_batch)
@@ -207,8 +237,12 @@ def code_frame_ar(prior, coder: SymbolCoder, h: int, w: int, tokens: np.ndarray 
         rows = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in live])  # tiles behind `feats`
         active = [j for j, b in enumerate(rows.tolist()) if t < tiles[b][2] * tiles[b][3]]
         idx = rows[active]
-        want = None if known is None else np.stack([known[b][t] for b in idx.tolist()])
-        tok = _code_groups(prior, coder, feats[active], want)
+        pos = [(tiles[b][0] + t // tiles[b][3], tiles[b][1] + t % tiles[b][3]) for b in idx.tolist()]
+        coded = [i for i, rc in enumerate(pos) if skip is None or not skip[rc]]
+        tok = torch.from_numpy(np.array([prev[rc] if skip is not None else 0 for rc in pos], np.int64))
+        if coded:
+            want = None if known is None else np.stack([known[int(idx[i])][t] for i in coded])
+            tok[coded] = _code_groups(prior, coder, feats[[active[i] for i in coded]], want)
         inp = torch.zeros(len(tiles), dtype=torch.int64)
         inp[idx] = tok
         for i, b in enumerate(idx.tolist()):
@@ -294,12 +328,21 @@ def code_frame_parallel(prior, coder: SymbolCoder, h: int, w: int, tokens: np.nd
     return out
 
 
-def code_frame(prior, coder: SymbolCoder, h: int, w: int, tokens, prev, tile_batch: int | None = None) -> np.ndarray:
+def code_frame(prior, coder: SymbolCoder, h: int, w: int, tokens, prev, tile_batch: int | None = None,
+               skip_map: bool = False, prev_skip: np.ndarray | None = None) -> np.ndarray:
     """Encode (``tokens`` given) or decode one (h, w) frame with a prior (float or integer: the
     integer engine runs either way). ``tile_batch`` tiles are evaluated together (speed only; None:
-    :data:`DEFAULT_TILE_BATCH` of the prior's kind)."""
+    :data:`DEFAULT_TILE_BATCH` of the prior's kind). ``skip_map`` (``ar``, frames with a ``prev``):
+    first the map of the tokens equal to ``prev`` (:func:`code_skip_map`, in the context of
+    ``prev_skip``, the previous frame's map), then only the other tokens."""
     engine = as_engine(prior)
     kind = engine.config.kind
+    tile_batch = tile_batch or DEFAULT_TILE_BATCH[kind]
+    if skip_map and prev is not None:
+        if kind != "ar":
+            raise ValueError("skip maps need an ar prior")
+        skip = code_skip_map(coder, h, w, None if tokens is None else tokens == prev, prev_skip)
+        return code_frame_ar(engine, coder, h, w, tokens, prev, tile_batch, skip)
     fn = code_frame_ar if kind == "ar" else code_frame_parallel
-    return fn(engine, coder, h, w, tokens, prev, tile_batch or DEFAULT_TILE_BATCH[kind])
+    return fn(engine, coder, h, w, tokens, prev, tile_batch)
 

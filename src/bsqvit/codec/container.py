@@ -38,6 +38,7 @@ from .extension import check_ext, parse_ext
 
 MAGIC = b"\x89BSQ"
 MAJOR, MINOR = 2, 0
+MINOR_SKIP_MAP = 1  # the minor version of files with skip maps (flag bit 1)
 
 CODERS = {"raw": 0, "ar": 1, "parallel": 2}
 MEDIA = {"image": 0, "video": 1}
@@ -45,6 +46,7 @@ PAD_MODES = {"replicate": 0, "reflect": 1, "constant": 2}
 SCHEDULE_IDS = {"none": 0, "quadtree": 1, "random": 2}
 ARITHMETIC_IDS = {"none": 0, "int-fx12": 1}
 FLAG_VIDEO_COND = 1
+FLAG_SKIP_MAP = 2  # minor 1: frames after the first code a skip map (docs/FORMAT.md section 5.5)
 
 # tokenizer id, prior id, tokens digest, media, coder, bits, group bits, patch, chunk_frames, H, W,
 # T, fps, pad bottom, pad right, pad mode, tile h, tile w, passes, schedule, arithmetic, prob bits,
@@ -115,6 +117,7 @@ class Header:
     arithmetic: str = "none"  # the prior's arithmetic (docs/FORMAT.md section 4)
     prob_bits: int = 0
     video_cond: bool = False
+    skip_map: bool = False  # video frames f > 0 code a map of the tokens equal to frame f - 1 first
     tokens_digest: str = ""  # hex, first 16 bytes of the SHA-256 of all tokens (int64 little-endian)
     ext: dict = field(default_factory=dict)
     version: tuple[int, int] = (MAJOR, MINOR)
@@ -200,7 +203,7 @@ def check_header(h: Header, limits: Limits) -> None:
         bad(f"{h.n_chunks} chunks for {h.frames} frames of {h.frames_per_chunk}")
     if h.coder == "raw":
         if (h.prior_id or h.group_bits or h.passes or h.schedule != "none" or h.tile != (0, 0)
-                or h.arithmetic != "none" or h.prob_bits or h.video_cond):
+                or h.arithmetic != "none" or h.prob_bits or h.video_cond or h.skip_map):
             bad("raw coding with prior fields")
     else:
         if not h.prior_id:
@@ -211,6 +214,8 @@ def check_header(h: Header, limits: Limits) -> None:
             bad(f"tile {h.tile}")
         if h.arithmetic not in ARITHMETIC_IDS or h.arithmetic == "none":
             bad(f"prior arithmetic {h.arithmetic!r}")
+        if h.skip_map and (h.coder != "ar" or not h.video_cond or h.media != "video"):
+            bad("skip maps need an ar prior with video conditioning, on a video")
         if h.tile[0] * h.tile[1] > 8192:
             bad(f"tile {h.tile} has more than 8192 tokens")
         if not (8 <= h.prob_bits <= 24):
@@ -238,14 +243,14 @@ def pack_header(h: Header, limits: Limits | None = None) -> bytes:
     if len(raw) > Limits().max_ext:  # what every reader accepts
         raise ValueError(f"header extension of {len(raw)} bytes is over {Limits().max_ext}")
     ext = zlib.compress(raw, 9) if raw else b""
-    flags = FLAG_VIDEO_COND if h.video_cond else 0
+    flags = (FLAG_VIDEO_COND if h.video_cond else 0) | (FLAG_SKIP_MAP if h.skip_map else 0)
     body = HEADER_STRUCT.pack(
         id_bytes(h.tokenizer_id), id_bytes(h.prior_id), _digest_bytes(h.tokens_digest), MEDIA[h.media],
         CODERS[h.coder], h.bits, h.group_bits, h.patch_size, h.chunk_frames, h.height, h.width, h.frames,
         float(h.fps), h.pad_bottom, h.pad_right, PAD_MODES[h.pad_mode], h.tile[0], h.tile[1], h.passes,
         SCHEDULE_IDS[h.schedule], ARITHMETIC_IDS[h.arithmetic], h.prob_bits, flags, h.frames_per_chunk, h.n_chunks,
     ) + struct.pack("<H", len(ext)) + ext
-    head = PREFIX.pack(MAGIC, MAJOR, MINOR, len(body)) + body
+    head = PREFIX.pack(MAGIC, MAJOR, MINOR_SKIP_MAP if h.skip_map else MINOR, len(body)) + body
     return head + struct.pack("<I", zlib.crc32(head))
 
 
@@ -286,7 +291,7 @@ def unpack_header(data: bytes | memoryview, limits: Limits | None = None) -> tup
     if off + 2 + ext_len != end:
         raise BSQFormatError("bad header extension length")
     ext = parse_ext(bytes(data[off + 2 : end]), limits.max_ext) if ext_len else {}
-    if flags & ~FLAG_VIDEO_COND:
+    if flags & ~(FLAG_VIDEO_COND | FLAG_SKIP_MAP):
         raise BSQFormatError(f"unknown header flags {flags:#x}")
     h = Header(
         media=_inv(MEDIA, media, "media"), coder=_inv(CODERS, coder, "coder"), tokenizer_id=tok_id.hex(),
@@ -295,7 +300,7 @@ def unpack_header(data: bytes | memoryview, limits: Limits | None = None) -> tup
         n_chunks=n_chunks, prior_id=prior_id.hex() if any(prior_id) else None, group_bits=gbits, tile=(th, tw),
         passes=passes, schedule=_inv(SCHEDULE_IDS, sched, "schedule"),
         arithmetic=_inv(ARITHMETIC_IDS, arith, "prior arithmetic"), prob_bits=prob_bits,
-        video_cond=bool(flags & FLAG_VIDEO_COND), tokens_digest=digest.hex(), ext=ext, version=(major, minor),
+        video_cond=bool(flags & FLAG_VIDEO_COND), skip_map=bool(flags & FLAG_SKIP_MAP), tokens_digest=digest.hex(), ext=ext, version=(major, minor),
     )
     check_header(h, limits)
     return h, end + 4

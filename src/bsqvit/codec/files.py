@@ -28,7 +28,7 @@ from ..io import (
 from ..io.image import MAX_PIXELS
 from ..models.frames import chunks as frame_chunks
 from ..models.batching import encode_images
-from ..models.frames import encode_frames
+from ..models.frames import encode_frames, encode_frames_latent
 from .api import (
     CodecOptions,
     _chunk_frames,
@@ -41,9 +41,11 @@ from .api import (
     iter_decode_tokens,
     summarize,
     to_file_tokens,
+    temporal_copy_of,
     tokenize,
 )
 from .container import BSQFormatError, Header, Limits, max_file_bytes, read_container
+from .temporal import copy_video
 
 
 def read_bsq(path: str | os.PathLike, limits: Limits | None = None) -> bytes:
@@ -68,9 +70,14 @@ def compress_file(inp, out, model, prior=None, options: CodecOptions | None = No
         H, W, fps = info["height"], info["width"], info["fps"]
         frames = iter_video_frames(inp, max_frames=max_frames, max_pixels=max_pixels)
         base_header(model, "video", H, W, 1, fps, prior, opts, bits=bits)  # refuses a bad rate before any work
-        parts = [encode_frames(model, from_uint8(f).to(model.device), amp=amp, bits=bits).cpu().numpy()
-                 for f in frame_chunks(frames, _chunk_frames(model))]
-        if not parts:
+        chunks = (from_uint8(f).to(model.device) for f in frame_chunks(frames, _chunk_frames(model)))
+        copy = temporal_copy_of(opts, prior, "video")
+        if copy:  # the encoder's skip decision, chunk after chunk (codec/temporal.py)
+            parts = [copy_video((encode_frames_latent(model, c, amp=amp) for c in chunks), model.quantizer.dim,
+                                bits, copy).cpu().numpy()]
+        else:
+            parts = [encode_frames(model, c, amp=amp, bits=bits).cpu().numpy() for c in chunks]
+        if not parts or not len(parts[0]):
             raise InputError(f"{inp}: no frames selected")
         tokens = np.concatenate(parts)
         header = base_header(model, "video", H, W, tokens.shape[0], fps, prior, opts, bits=bits)
@@ -91,6 +98,8 @@ def _code_and_write(tokens: np.ndarray, header: Header, model, prior, opts: Code
         Path(tmp).write_bytes(data)
     stats = summarize(data, header, info, time.perf_counter() - t0)
     stats.update(seconds_tokenizer=t1 - t0, media=header.media, frames=header.frames)
+    if header.media == "video" and temporal_copy_of(opts, prior, "video"):
+        stats["temporal_copy"] = temporal_copy_of(opts, prior, "video")
     return stats
 
 

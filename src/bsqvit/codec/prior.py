@@ -67,6 +67,9 @@ class PriorConfig:
     # their L'/g groups are embedded and coded, and a learned rate vector joins every position.
     rates: list[int] | None = None
     tokenizer_hash: str | None = None  # the tokenizer the prior was trained for (informational)
+    # video priors: the encoder's temporal copy threshold (codec/temporal.py) the prior was trained
+    # for; ``compress`` uses it unless told otherwise (0: plain tokens)
+    temporal_copy: float = 0.0
 
     def __post_init__(self):
         if self.kind not in PRIOR_KINDS:
@@ -90,6 +93,10 @@ class PriorConfig:
                     or any(r < 1 or r % self.group_bits for r in self.rates)):
                 raise ConfigError(f"prior rates must be increasing multiples of group_bits {self.group_bits} "
                                   f"ending at bits {self.bits}, got {self.rates}")
+        self.temporal_copy = float(self.temporal_copy)
+        if not (0.0 <= self.temporal_copy <= 4.0) or (self.temporal_copy and not (self.video and self.kind == "ar")):
+            raise ConfigError(f"temporal_copy must be in [0, 4] and needs kind ar with video: true, "
+                              f"got {self.temporal_copy}")
         if not (1 <= self.passes <= 64):
             raise ConfigError(f"passes must be in 1..64, got {self.passes}")
         if self.kind == "parallel" and self.schedule == "quadtree" and self.passes % 2 == 0:
@@ -229,11 +236,13 @@ class TokenPrior(
         init_gpt(self, self.blocks, self.config.layers, extra=(self.start,))
 
     def config_dict(self) -> dict:
-        """config.json (and the weights hash): ``rates`` appears only for nested priors, so the
-        files and ids of fixed-rate priors are what they were before nested rates existed."""
+        """config.json (and the weights hash): ``rates`` appears only for nested priors and
+        ``temporal_copy`` only when set, so the files and ids of earlier priors are unchanged."""
         d = super().config_dict()
         if d.get("rates") is None:
             d.pop("rates", None)
+        if not d.get("temporal_copy"):
+            d.pop("temporal_copy", None)
         return d
 
     # ---- shared pieces --------------------------------------------------------------------------

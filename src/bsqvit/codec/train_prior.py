@@ -4,8 +4,10 @@
    per image, positions a function of (seed, image, crop)) of the training images are tokenized
    once with the tokenizer and cached in ``OUTPUT_DIR/tokens/`` under a key of (tokenizer hash,
    file list, crop settings). Video sources (``data.video``) give pairs of consecutive frames
-   (same crop) for priors conditioned on the previous frame. A fraction of the crops is held out
-   for validation.
+   (same crop) for priors conditioned on the previous frame (:mod:`.prior_data`). A fraction of
+   the crops is held out for validation. With ``prior.temporal_copy`` (skip maps) the second
+   frame is copied from the first as the video encoder would (:mod:`.temporal`) and the loss
+   counts only the tokens that differ from the previous frame's: the others are sent by the map.
 2. **Training** (:class:`PriorTrainer`, a specialisation of :class:`bsqvit.train.loop.SingleModelLoop`).
    AdamW, linear warm-up then half-cosine (:func:`bsqvit.train.optim.warmup_cosine`), gradient
    clipping, crash-safe checkpoints (:mod:`bsqvit.train.checkpoint`: ``checkpoints/last`` is
@@ -23,7 +25,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -31,35 +32,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from tqdm import tqdm
 
 from ..config import ConfigError, from_dict, load_yaml, parse_overrides, set_by_path, to_dict
-from ..data.images import find_images
-from ..io import InputError, atomic_path, from_uint8, is_video_path, iter_video_frames, to_rgb
 from ..models import Tokenizer, load_tokenizer
-from ..models.frames import encode_frames
 from ..quantizers.base import index_bits
 from ..train import checkpoint as ckpt
 from ..train.loop import SingleModelLoop, step_generator
 from .prior import PriorConfig, TokenPrior
+from .prior_data import PriorDataConfig, extract_tokens
 from .prior_init import warm_start
 
 log = logging.getLogger("bsqvit.codec.train_prior")
-
-
-@dataclass
-class PriorDataConfig:
-    train: list[str] = field(default_factory=list)  # folders of training images (or data.video)
-    video: list[str] = field(default_factory=list)  # video files or frame folders (for video priors)
-    crop: int = 256  # pixels (a multiple of the tokenizer's patch, >= tile * patch)
-    crops_per_image: int = 2
-    pairs_per_video: int = 32  # pairs of consecutive frames per video source ...
-    pair_stride: int = 6  # ... starting every pair_stride frames
-    video_fraction: float = 0.5  # share of batches made of video pairs (when there are any)
-    val_fraction: float = 0.05
-    limit: int | None = None  # at most this many images
-    encode_batch: int = 16
 
 
 @dataclass
@@ -109,127 +92,6 @@ def load_prior_train_config(path, overrides: list[str] | None = None) -> PriorTr
 
 
 # ---- token extraction ------------------------------------------------------------------------------
-def _crop_positions(seed: int, index: int, n: int, H: int, W: int, crop: int) -> list[tuple[int, int]]:
-    rng = np.random.default_rng([seed, index])
-    return [(int(rng.integers(0, H - crop + 1)), int(rng.integers(0, W - crop + 1))) for _ in range(n)]
-
-
-def _encode_batches(model, crops: list[np.ndarray], batch: int) -> np.ndarray:
-    """uint8 crops (H, W, 3) or clips (T, H, W, 3) -> int64 tokens."""
-    out = []
-    for i in range(0, len(crops), batch):
-        chunk = crops[i : i + batch]
-        if chunk[0].ndim == 3:
-            x = torch.stack([from_uint8(c) for c in chunk])
-            out.append(model.encode(x).numpy())
-        else:
-            out.append(np.stack([encode_frames(model, from_uint8(c)).numpy() for c in chunk]))
-    return np.concatenate(out) if out else np.zeros((0,), np.int64)
-
-
-def _video_sources(paths: list[str]) -> list[Path]:
-    out = []
-    for p in map(Path, paths):
-        if p.is_file() and is_video_path(p):
-            out.append(p)
-        elif p.is_dir():
-            subdirs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
-            files = sorted(f for f in p.iterdir() if f.is_file() and is_video_path(f))
-            out.extend(files)
-            # a folder of frames is a source; a folder of folders holds sources
-            if not files and not subdirs:
-                out.append(p)
-            out.extend(_video_sources([str(d) for d in subdirs]))
-        else:
-            raise ConfigError(f"video source not found: {p}")
-    return out
-
-
-def _iter_source_frames(src: Path):
-    if src.is_dir():
-        for f in find_images(src):
-            with Image.open(f) as im:
-                yield np.asarray(to_rgb(im))
-    else:
-        yield from iter_video_frames(src)
-
-
-def _video_pairs(src: Path, pairs: int, stride: int, crop: int, seed: int, j: int) -> list[np.ndarray]:
-    """Crops (2, crop, crop, 3) of frames (i, i+1) for i = 0, stride, 2*stride, ...; streamed, so
-    only the crops are kept in memory."""
-    out, cur, pos = [], None, None
-    for i, f in enumerate(_iter_source_frames(src)):
-        if min(f.shape[:2]) < crop:
-            return []
-        if i % stride == 0:
-            top, left = _crop_positions(seed, 1_000_000 + 10_000 * j + i // stride, 1, *f.shape[:2], crop)[0]
-            pos, cur = (top, left), [f[top : top + crop, left : left + crop]]
-        elif i % stride == 1 and cur is not None:
-            top, left = pos
-            out.append(np.stack([cur[0], f[top : top + crop, left : left + crop]]))
-            cur = None
-            if len(out) >= pairs:
-                break
-    return out
-
-
-def extract_tokens(model, cfg: PriorTrainConfig, cache_dir: Path, progress: bool = True) -> dict:
-    """Tokens of the training crops, cached: ``{"images": (N, h, w), "pairs": (M, 2, h, w)}``."""
-    d = cfg.data
-    p = model.patch_size
-    if d.crop % p:
-        raise ConfigError(f"data.crop {d.crop} is not a multiple of the patch size {p}")
-    if not d.train and not d.video:
-        raise ConfigError("data.train (folders of training images) or data.video is required")
-    files = find_images(d.train) if d.train else []
-    if d.limit is not None:
-        files = files[: d.limit]
-    videos = _video_sources(d.video) if d.video else []
-    key = hashlib.sha256(json.dumps({
-        "tokenizer": model.weights_hash(), "files": files, "videos": [str(v) for v in videos], "crop": d.crop,
-        "crops": d.crops_per_image, "pairs": d.pairs_per_video, "stride": d.pair_stride, "seed": cfg.seed, "v": 1,
-    }, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir / f"tokens-{key}.npz"
-    if path.is_file():
-        with np.load(path) as z:
-            return {"images": z["images"], "pairs": z["pairs"]}
-    images, crops = [], []
-    for i, f in enumerate(tqdm(files, desc="tokenize", disable=not progress, dynamic_ncols=True)):
-        try:
-            with Image.open(f) as im:
-                a = np.asarray(to_rgb(im))
-        except Exception as e:  # unreadable files are skipped, as in training
-            log.warning("skipping %s (%s)", f, type(e).__name__)
-            continue
-        H, W = a.shape[:2]
-        if min(H, W) < d.crop:
-            continue
-        for top, left in _crop_positions(cfg.seed, i, d.crops_per_image, H, W, d.crop):
-            crops.append(np.ascontiguousarray(a[top : top + d.crop, left : left + d.crop]))
-        if len(crops) >= 256:
-            images.append(_encode_batches(model, crops, d.encode_batch))
-            crops = []
-    if crops:
-        images.append(_encode_batches(model, crops, d.encode_batch))
-    g = d.crop // p
-    img_tokens = np.concatenate(images) if images else np.zeros((0, g, g), np.int64)
-    pairs = []
-    for j, src in enumerate(tqdm(videos, desc="tokenize video", disable=not progress or not videos, dynamic_ncols=True)):
-        try:
-            clips = _video_pairs(src, d.pairs_per_video, d.pair_stride, d.crop, cfg.seed, j)
-        except (InputError, OSError) as e:  # an undecodable source is skipped, as in training
-            log.warning("skipping %s (%s)", src, e)
-            continue
-        if clips:
-            pairs.append(_encode_batches(model, clips, d.encode_batch).reshape(-1, 2, g, g))
-    pair_tokens = np.concatenate(pairs) if pairs else np.zeros((0, 2, g, g), np.int64)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, images=img_tokens, pairs=pair_tokens)
-    return {"images": img_tokens, "pairs": pair_tokens}
-
-
 def split_val(n: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     perm = np.random.default_rng([seed, 7]).permutation(n)
     k = int(round(n * frac)) if n > 1 else 0
@@ -242,6 +104,14 @@ def at_rate(tokens: torch.Tensor | None, full_bits: int, bits: int | None) -> to
     return tokens if tokens is None or bits is None else tokens >> (full_bits - bits)
 
 
+def coded_mask(prior: TokenPrior, tokens: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor | float:
+    """(B, h*w) 1 where a token is range-coded: with skip maps (``temporal_copy``, a previous frame)
+    the tokens equal to the previous frame's are sent by the map instead (its bits are not counted)."""
+    if prev is None or not prior.config.temporal_copy:
+        return 1.0
+    return (tokens != prev).reshape(tokens.shape[0], -1).to(torch.float32)
+
+
 def prior_loss(prior: TokenPrior, tokens: torch.Tensor, prev: torch.Tensor | None, step: int,
                bits: int | None = None) -> torch.Tensor:
     """Estimated coded bits per token of a batch of tiles (see the module docstring); ``bits``:
@@ -249,7 +119,7 @@ def prior_loss(prior: TokenPrior, tokens: torch.Tensor, prev: torch.Tensor | Non
     c = prior.config
     N = tokens.shape[1] * tokens.shape[2]
     if c.kind == "ar":
-        return prior(tokens, prev, bits=bits).mean()
+        return (prior(tokens, prev, bits=bits) * coded_mask(prior, tokens, prev)).mean()
     S = c.passes
     passes = [(b + step) % S for b in range(tokens.shape[0])]
     total, present = 0.0, 0
@@ -273,7 +143,7 @@ def expected_bits(prior: TokenPrior, tokens: torch.Tensor, prev: torch.Tensor | 
         t = tokens[i : i + batch]
         pv = prev[i : i + batch] if prev is not None else None
         if c.kind == "ar":
-            total += float(prior(t, pv, bits=bits).sum())
+            total += float((prior(t, pv, bits=bits) * coded_mask(prior, t, pv)).sum())
         else:
             total += sum(float(prior(t, pv, pass_index=s, bits=bits).sum()) for s in range(c.passes))
         n += t.numel()
@@ -304,6 +174,7 @@ class PriorTrainer(SingleModelLoop):
                  max_steps: int | None = None, progress: bool = True):
         super().__init__(cfg, output_dir, prior, max_steps=max_steps, progress=progress)
         self.images, self.pairs = toks["images"], toks["pairs"]
+        self.copied = toks.get("copied")  # (R, M, h, w): second frames with temporal copying, per rate
         self.raw_bits = raw_bits
         self.tr_i, va_i = split_val(len(self.images), cfg.data.val_fraction, cfg.seed)
         self.tr_p, va_p = split_val(len(self.pairs), cfg.data.val_fraction, cfg.seed)
@@ -316,6 +187,19 @@ class PriorTrainer(SingleModelLoop):
         if len(va_p):
             vp = torch.from_numpy(self.pairs[va_p][..., :th, :tw])
             self.val_sets.append(("video", vp[:, 1], vp[:, 0]))
+        # temporal copying: the second frame as sent at each rate (rate index -> tiles)
+        self.val_copied = ({} if self.copied is None or not len(va_p) else
+                           {i: torch.from_numpy(c[va_p][..., :th, :tw]) for i, c in enumerate(self.copied)})
+
+    def _rate_index(self, bits: int | None) -> int:
+        rates = self.model.config.rates
+        return len(rates or [None]) - 1 if bits is None else rates.index(bits)
+
+    def _val_tokens(self, name: str, tokens: torch.Tensor, bits: int | None) -> torch.Tensor:
+        """Validation tiles at rate ``bits``: the copied second frames for video with copying."""
+        if name != "video" or not self.val_copied:
+            return tokens
+        return self.val_copied[self._rate_index(bits)]
 
     def next_batch(self):
         cfg, tile = self.cfg, self.model.config.tile
@@ -327,7 +211,10 @@ class PriorTrainer(SingleModelLoop):
         L = self.model.config.bits
         if use_video:
             sel = tr_p[torch.randint(0, len(tr_p), (cfg.batch_size,), generator=gen).numpy()]
-            w = at_rate(torch.from_numpy(_windows(self.pairs, sel, tile, gen)), L, bits)
+            src = self.pairs
+            if self.copied is not None:  # the second frame as the encoder sends it at this rate
+                src, sel = np.stack([self.pairs[sel, 0], self.copied[self._rate_index(bits)][sel]], 1), np.arange(len(sel))
+            w = at_rate(torch.from_numpy(_windows(src, sel, tile, gen)), L, bits)
             return w[:, 1], w[:, 0], True, bits
         sel = tr_i[torch.randint(0, len(tr_i), (cfg.batch_size,), generator=gen).numpy()]
         return at_rate(torch.from_numpy(_windows(self.images, sel, tile, gen)), L, bits), None, False, bits
@@ -350,12 +237,13 @@ class PriorTrainer(SingleModelLoop):
     def evaluate(self) -> dict:
         """Expected code length of the validation tiles; exports ``OUTPUT_DIR/prior``."""
         self.model.eval()
-        res = {f"val_{name}_bits_per_token": expected_bits(self.model, t, pv) for name, t, pv in self.val_sets}
+        res = {f"val_{name}_bits_per_token": expected_bits(self.model, self._val_tokens(name, t, None), pv)
+               for name, t, pv in self.val_sets}
         if res:
             res["val_bits_per_token"] = float(np.mean(list(res.values())))
         for r in (self.model.config.rates or [])[:-1]:  # nested priors: the other rates, on every val set
-            res[f"val_bits_per_token@{r}"] = float(np.mean([expected_bits(self.model, t, pv, bits=r)
-                                                            for _, t, pv in self.val_sets]))
+            res[f"val_bits_per_token@{r}"] = float(np.mean([expected_bits(self.model, self._val_tokens(n, t, r), pv, bits=r)
+                                                            for n, t, pv in self.val_sets]))
         self.model.train()
         rec = {"step": self.step, "raw_bits": self.raw_bits, **res}
         self.log_eval(rec, res)
@@ -395,7 +283,8 @@ def train_prior(cfg: PriorTrainConfig, tokenizer_dir, output_dir, resume: bool =
     model = load_tokenizer(str(tokenizer_dir)).eval()
     pc = _prior_config(cfg, model)
     out.mkdir(parents=True, exist_ok=True)
-    toks = extract_tokens(model, cfg, out / "tokens", progress=progress)
+    toks = extract_tokens(model, cfg.data, cfg.seed, cfg.prior.temporal_copy, out / "tokens", progress=progress,
+                          rates=pc.rates)
     del model
     if len(toks["images"]) + len(toks["pairs"]) == 0:
         raise ConfigError("no training crops (images smaller than data.crop, or no files)")

@@ -28,6 +28,7 @@ from ..codec.api import (CodecOptions, base_header, decode_tokens, decompress, e
                          token_bits, tokenize)
 from ..codec.container import FORMAT_LIMITS
 from ..codec.prior import TokenPrior
+from ..codec.temporal import check_threshold, copy_video, video_latents
 from ..data.images import find_images
 from ..data.video_sources import find_videos
 from ..io import InputError, from_uint8, iter_video_frames, load_image, to_uint8, video_info
@@ -171,7 +172,8 @@ def _rates_of(model, rates: list[int] | None) -> list[int | None]:
 
 
 def _our_points(per: dict, name: str, ref: np.ndarray, x: torch.Tensor, fps: float, mname: str, model,
-                priors: list[tuple], video: bool, metrics: Metrics, rates: list[int] | None = None) -> None:
+                priors: list[tuple], video: bool, metrics: Metrics, rates: list[int] | None = None,
+                copy: float = 0.0) -> None:
     """One model on one item: raw tokens and every prior of its bit depth -> ``per[label]``, at
     every rate of a nested-bits model (one curve from one model).
 
@@ -179,15 +181,19 @@ def _our_points(per: dict, name: str, ref: np.ndarray, x: torch.Tensor, fps: flo
     cleared (``quantizer.keep_bits``, what ``encode(bits=L')`` returns), and every coder codes the
     same tokens (same pixels), so a prior's point takes the raw point's distortion and
     pixel-decoding time. Block-causal video models also go through the per-frame streaming path
-    once, at the highest rate coded (:func:`_stream_frames`)."""
+    once, at the highest rate coded (:func:`_stream_frames`), on the plain tokens. ``copy``: videos,
+    the encoder's temporal copy threshold (:mod:`bsqvit.codec.temporal`), applied per rate to the
+    latents of that one encoder run; the copy decision is causal, so it streams as the tokens do."""
     levels = _rates_of(model, rates)
     t0 = time.perf_counter()
     full = tokenize(model, x)
+    latents = video_latents(model, x.to(model.device)) if video and copy else None
     t_tok = time.perf_counter() - t0
     top = levels[-1]
     stream = _stream_frames(model, x, _at_rate(model, full, top), top) if video and _streams(model) else {}
     for bits in levels:
-        tokens = _at_rate(model, full, bits)
+        tokens = (copy_video(latents, model.quantizer.dim, bits, copy).cpu().numpy() if latents is not None
+                  else _at_rate(model, full, bits))
         label = mname if bits is None else f"{mname}@{bits}"
         _code_rate(per, name, ref, fps, label, model, priors, video, metrics, tokens, bits, t_tok,
                    stream if bits == top else {})
@@ -302,7 +308,7 @@ def _bd_rates(points: list[dict]) -> dict:
 # ---- the run -----------------------------------------------------------------------------------------------
 def _measure(data: str, models: list[tuple], priors: list[tuple], video: bool, limit: int | None, max_frames: int,
              codecs: list[str], metrics: Metrics, progress: bool = False,
-             rates: list[int] | None = None) -> tuple[dict[str, list[dict]], list[str]]:
+             rates: list[int] | None = None, copy: float = 0.0) -> tuple[dict[str, list[dict]], list[str]]:
     """(series label -> per-item points, item names) of every baseline and model on every item."""
     per: dict[str, list[dict]] = {}
     items = []
@@ -314,7 +320,7 @@ def _measure(data: str, models: list[tuple], priors: list[tuple], video: bool, l
             _baseline_points(per, name, ref, fps, codecs, video, metrics, Path(td))
             x = from_uint8(ref)
             for mname, model in models:
-                _our_points(per, name, ref, x, fps, mname, model, priors, video, metrics, rates)
+                _our_points(per, name, ref, x, fps, mname, model, priors, video, metrics, rates, copy)
             bar.update()
     return per, items
 
@@ -322,24 +328,27 @@ def _measure(data: str, models: list[tuple], priors: list[tuple], video: bool, l
 def run_rd(data: str, models: list[str], priors: list[str], video: bool = False, limit: int | None = None,
            max_frames: int = 16, codecs: list[str] | None = None, lpips: bool = True, json_out=None, md_out=None,
            plot_out=None, progress: bool = False, extra: dict[str, list[dict]] | None = None,
-           device: str = "cpu", rates: list[int] | None = None) -> dict:
+           device: str = "cpu", rates: list[int] | None = None, temporal_copy: float | None = None) -> dict:
     """The report (see the module docstring). ``extra``: per-item points of our codec measured
     elsewhere (label -> list of dicts as the ones built here), added as series of their own.
     ``rates``: the rates (bits kept per token) at which nested-bits models are coded (default:
-    all of their levels), each a point of the model's curve."""
+    all of their levels), each a point of the model's curve. ``temporal_copy``: videos, the
+    encoder's copy threshold for every coder of the run (None: the first video prior's own, else 0)."""
     available = _choose_codecs(video, codecs)
     metrics = Metrics(lpips)
     loaded_models = [(Path(m).name or str(m), load_tokenizer(m).to(device).eval()) for m in models]
     loaded_priors = [(_prior_name(p), TokenPrior.from_pretrained(p).eval()) for p in priors]
+    copy = 0.0 if not video else check_threshold(temporal_copy) if temporal_copy is not None else next(
+        (p.config.temporal_copy for _, p in loaded_priors if p.config.video), 0.0)
     t_start = time.time()
     per, items = _measure(data, loaded_models, loaded_priors, video, limit, max_frames, available, metrics, progress,
-                          rates)
+                          rates, copy)
     for label, lst in (extra or {}).items():
         per[label] = list(lst)
     points = _mean_points(per)
     report = {
         "protocol": PROTOCOL, "data": str(data), "video": video, "items": items, "max_frames": max_frames if video else None,
-        "lpips": metrics.lp.label if metrics.lp is not None else None, "points": points,
+        "lpips": metrics.lp.label if metrics.lp is not None else None, "temporal_copy": copy, "points": points,
         "per_item": [q for lst in per.values() for q in lst], "bd_rate": _bd_rates(points), "seconds": time.time() - t_start,
     }
     report["markdown"] = markdown(report)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 import numpy as np
+import torch
 
 from . import streaming
 
@@ -30,6 +31,17 @@ def encode_frames(model, x, amp: bool = False, bits: int | None = None):
     if model.config.num_frames == 1:
         return model.encode(x.movedim(1, 0), amp=amp, **_bits(bits))  # (t, h, w)
     return model.encode(x[None], amp=amp, **_bits(bits))[0]
+
+
+@torch.no_grad()
+def encode_frames_latent(model, x, amp: bool = False):
+    """(3, t, H, W) in [-1, 1] -> the pre-quantization latents (t, h, w, L) whose quantization
+    :func:`encode_frames` returns (same chunking: a batch of frames for image models)."""
+    if model.config.num_frames == 1:
+        z, (T, h, w) = model.encode_continuous(x.movedim(1, 0), amp=amp)
+        return z.reshape(x.shape[1], h, w, -1)
+    z, (T, h, w) = model.encode_continuous(x[None], amp=amp)
+    return z.reshape(T, h, w, -1)
 
 
 def decode_frames(model, idx, size: tuple[int, int], amp: bool = False, bits: int | None = None):

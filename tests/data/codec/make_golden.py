@@ -28,6 +28,9 @@ PRIORS = {
     "prior-ar": dict(kind="ar", bits=18, group_bits=6, width=16, layers=1, heads=2, mlp_ratio=2.0, tile=[4, 4]),
     "prior-par": dict(kind="parallel", bits=18, group_bits=3, width=16, layers=1, heads=2, mlp_ratio=2.0,
                       tile=[3, 4], passes=5, schedule="quadtree", video=True),
+    # skip maps (docs/FORMAT.md section 5.5): the encoder copies tokens of the previous frame
+    "prior-ar-skip": dict(kind="ar", bits=18, group_bits=6, width=16, layers=1, heads=2, mlp_ratio=2.0,
+                          tile=[4, 3], video=True, temporal_copy=0.1),
 }
 OPTIONS = CodecOptions(tile_batch=3, frames_per_chunk=2)
 
@@ -76,7 +79,7 @@ def main() -> None:
               "files": {}}
     cases = {
         "image-raw": (img, None), "image-ar": (img, "prior-ar"), "image-par": (img, "prior-par"),
-        "video-raw": (vid, None), "video-par": (vid, "prior-par"),
+        "video-raw": (vid, None), "video-par": (vid, "prior-par"), "video-ar-skip": (vid, "prior-ar-skip"),
     }
     for name, (x, pname) in cases.items():
         prior = priors[pname] if pname else None
