@@ -223,3 +223,28 @@ def test_a_skip_file_with_its_flag_cleared_is_refused():
     assert data != other
     with pytest.raises(BSQFormatError):  # payloads are tied to their header: no silent misdecoding
         decode_tokens(data[:8] + other[8:108] + data[108:], prior)
+
+
+def test_rd_codes_video_with_the_prior_threshold_and_streams(tmp_path, capsys):
+    model = video_model()
+    model.save_pretrained(tmp_path / "vm")
+    skip_prior(bits=18, rates=[6, 12, 18], temporal_copy=0.3).save_pretrained(tmp_path / "p")
+    clip = tmp_path / "v"
+    clip.mkdir()
+    write_video_lossless(from_uint8(np.load(DATA / "video.npy")), clip / "c.mp4", fps=10)
+    args = ["rd", "--data", clip, "--video", "--max-frames", 5, "--model", tmp_path / "vm", "--prior", tmp_path / "p",
+            "--codecs", "h264", "--no-lpips", "--bits", "6,18"]
+    rc, _, err = run_cli(capsys, *args, "--json", tmp_path / "a.json")
+    assert rc == 0, err
+    rc, _, err = run_cli(capsys, *args, "--temporal-copy", 0, "--json", tmp_path / "b.json")
+    assert rc == 0, err
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    assert a["temporal_copy"] == 0.3 and b["temporal_copy"] == 0.0
+    ours = {p["label"]: p for p in a["points"] if p["codec"].startswith("bsq-")}
+    assert len(ours) == 4 and all(p["exact_round_trip"] for p in ours.values())
+    assert any(p.get("stream_exact") for p in ours.values())  # the tokenizer's streaming path, checked once
+    plain = {p["label"]: p for p in b["points"] if p["codec"].startswith("bsq-")}
+    top = "bsq-raw[vm@18]"
+    assert ours[top]["psnr"] != plain[top]["psnr"]  # copied tokens decode to other pixels
+    rc, _, err = run_cli(capsys, *args, "--temporal-copy", "nan")
+    assert rc == 2 and "--temporal-copy" in err and err.count("\n") == 1

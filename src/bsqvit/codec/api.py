@@ -180,7 +180,7 @@ def encode_tokens(tokens: np.ndarray, header: Header, prior=None,
                     f = start + i
                     prev = tokens[f - 1] if (header.video_cond and f > 0) else None
                     code_frame(engine, coder, gh, gw, block[i], prev, opts.tile_batch, header.skip_map,
-                               _skips(tokens[f - 1], tokens[f - 2]) if f > 1 else None)
+                               _skips(tokens[f - 1], tokens[f - 2]) if header.skip_map and f > 1 else None)
             payload = coder.finish()
             stats.add(coder.stats)
         chunks.append((payload, tokens_crc(block)))
@@ -228,7 +228,7 @@ def iter_decode_tokens(header: Header, chunks, prior=None, options: CodecOptions
                     for _ in range(n):
                         prev = last if header.video_cond else None
                         frame = code_frame(engine, coder, gh, gw, None, prev, opts.tile_batch, header.skip_map,
-                                           _skips(last, before) if before is not None else None)
+                                           _skips(last, before) if header.skip_map and before is not None else None)
                         before, last = last, frame
                         frames.append(frame)
                 block = np.stack(frames)

@@ -186,8 +186,8 @@ def _our_points(per: dict, name: str, ref: np.ndarray, x: torch.Tensor, fps: flo
     latents of that one encoder run; the copy decision is causal, so it streams as the tokens do."""
     levels = _rates_of(model, rates)
     t0 = time.perf_counter()
-    full = tokenize(model, x)
     latents = video_latents(model, x.to(model.device)) if video and copy else None
+    full = tokenize(model, x) if latents is None else copy_video(latents, model.quantizer.dim, None, 0.0).cpu().numpy()
     t_tok = time.perf_counter() - t0
     top = levels[-1]
     stream = _stream_frames(model, x, _at_rate(model, full, top), top) if video and _streams(model) else {}
