@@ -89,6 +89,16 @@ def test_copying_streams_across_chunks():
     assert torch.equal(copy_tokens(z[3:], 18, 12, 0.2, prev=whole[2]), whole[3:])
 
 
+def test_copying_needs_a_binary_quantizer():
+    torch.manual_seed(0)
+    vq = BSQViT(dict(image_size=[8, 8], patch_size=4, width=16, layers=1, heads=2, head_dim=16, num_frames=3,
+                     mask_type="block-causal", quantizer=dict(type="vq", dim=8, codebook_size=64))).eval()
+    x = from_uint8(np.load(DATA / "video.npy"))
+    with pytest.raises(ValueError, match="binary"):
+        tokenize(vq, x, temporal_copy=0.1)
+    assert tokenize(vq, x).shape == (5, 4, 6)  # plain tokens still work
+
+
 def test_encoder_with_threshold_zero_gives_the_model_tokens():
     model = video_model()
     x = from_uint8(np.load(DATA / "video.npy"))

@@ -12,7 +12,8 @@ with ``u`` the position's latent projected onto the unit sphere of the kept bits
 ``4 / sqrt(L') * sum |u_j|`` over the kept bits ``j`` where the previous token differs from the
 latent's own signs: bits the latent is unsure of cost almost nothing to take from the previous
 frame. ``threshold`` is on the scale of squared distances on the unit sphere (0 = never copy,
-the plain tokens; a token's own quantization error is about 0.4 at BSQ's typical latents).
+the plain tokens; a token's own quantization error is about 0.4 at BSQ's typical latents). LFQ
+latents (codes +-1, no sphere) are compared on their unit sphere too: the same rule, free of scale.
 
 This is an encoder-only choice, like a motion search: the file holds tokens as always, and the
 decoder (and the ``.bsq`` format) need nothing new. The decision for frame ``t`` uses only frame
