@@ -17,6 +17,7 @@ from .. import pretrained
 from ..codec.api import CodecOptions
 from ..codec.files import compress_file, compress_images, decompress_file, info, is_frames_dir, read_bsq
 from ..codec.container import FORMAT_LIMITS, Limits, read_container, short_id
+from ..codec.temporal import check_threshold
 from ..codec.train_prior import load_prior_train_config, train_prior
 from ..evaluation.rd import run_rd
 from ..io import InputError, is_video_path
@@ -81,9 +82,11 @@ def _add_copy_arg(p) -> None:
 
 
 def _copy_threshold(value: float | None) -> float | None:
-    if value is not None and not (0.0 <= value <= 4.0):  # also rejects nan
-        raise InputError(f"--temporal-copy must be in [0, 4], got {value}")
-    return value
+    """``--temporal-copy`` checked before any work (the codec's own rule, the flag's name in the error)."""
+    try:
+        return None if value is None else check_threshold(value)
+    except ValueError:
+        raise InputError(f"--temporal-copy must be in [0, 4], got {value}") from None
 
 
 def _options(args):

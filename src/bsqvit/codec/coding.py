@@ -237,9 +237,12 @@ def code_frame_ar(prior, coder: SymbolCoder, h: int, w: int, tokens: np.ndarray 
         rows = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in live])  # tiles behind `feats`
         active = [j for j, b in enumerate(rows.tolist()) if t < tiles[b][2] * tiles[b][3]]
         idx = rows[active]
-        pos = [(tiles[b][0] + t // tiles[b][3], tiles[b][1] + t % tiles[b][3]) for b in idx.tolist()]
-        coded = [i for i, rc in enumerate(pos) if skip is None or not skip[rc]]
-        tok = torch.from_numpy(np.array([prev[rc] if skip is not None else 0 for rc in pos], np.int64))
+        if skip is None:
+            coded, tok = list(range(len(active))), torch.zeros(len(active), dtype=torch.int64)
+        else:  # skipped positions take the previous frame's token and code nothing
+            pos = [(tiles[b][0] + t // tiles[b][3], tiles[b][1] + t % tiles[b][3]) for b in idx.tolist()]
+            coded = [i for i, rc in enumerate(pos) if not skip[rc]]
+            tok = torch.from_numpy(np.array([prev[rc] for rc in pos], np.int64))
         if coded:
             want = None if known is None else np.stack([known[int(idx[i])][t] for i in coded])
             tok[coded] = _code_groups(prior, coder, feats[[active[i] for i in coded]], want)

@@ -98,8 +98,9 @@ def _code_and_write(tokens: np.ndarray, header: Header, model, prior, opts: Code
         Path(tmp).write_bytes(data)
     stats = summarize(data, header, info, time.perf_counter() - t0)
     stats.update(seconds_tokenizer=t1 - t0, media=header.media, frames=header.frames)
-    if header.media == "video" and temporal_copy_of(opts, prior, "video"):
-        stats["temporal_copy"] = temporal_copy_of(opts, prior, "video")
+    copy = temporal_copy_of(opts, prior, header.media)
+    if copy:
+        stats["temporal_copy"] = copy
     return stats
 
 

@@ -120,7 +120,6 @@ def extract_tokens(model, d: PriorDataConfig, seed: int, copy: float, cache_dir:
     """Tokens of the training crops, cached: ``{"images": (N, h, w), "pairs": (M, 2, h, w)}``;
     with a temporal copy threshold ``copy`` also ``"copied"`` (R, M, h, w): each pair's second
     frame as the encoder sends it at each of ``rates`` (None: the full rate only)."""
-    tau = copy
     rates = list(rates) if rates else [None]
     p = model.patch_size
     if d.crop % p:
@@ -134,7 +133,7 @@ def extract_tokens(model, d: PriorDataConfig, seed: int, copy: float, cache_dir:
     key = hashlib.sha256(json.dumps({
         "tokenizer": model.weights_hash(), "files": files, "videos": [str(v) for v in videos], "crop": d.crop,
         "crops": d.crops_per_image, "pairs": d.pairs_per_video, "stride": d.pair_stride, "seed": seed, "v": 1,
-        **({"copy": tau, "rates": rates} if tau else {}),
+        **({"copy": copy, "rates": rates} if copy else {}),
     }, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / f"tokens-{key}.npz"
     if path.is_file():
@@ -167,14 +166,14 @@ def extract_tokens(model, d: PriorDataConfig, seed: int, copy: float, cache_dir:
         except (InputError, OSError) as e:  # an undecodable source is skipped, as in training
             log.warning("skipping %s (%s)", src, e)
             continue
-        if clips and tau:
-            p, c = _encode_copied_pairs(model, clips, rates, tau)
+        if clips and copy:
+            p, c = _encode_copied_pairs(model, clips, rates, copy)
             pairs.append(p)
             copied.append(c)
         elif clips:
             pairs.append(_encode_batches(model, clips, d.encode_batch).reshape(-1, 2, g, g))
     out = {"images": img_tokens, "pairs": np.concatenate(pairs) if pairs else np.zeros((0, 2, g, g), np.int64)}
-    if tau:
+    if copy:
         out["copied"] = np.concatenate(copied, 1) if copied else np.zeros((len(rates), 0, g, g), np.int64)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
